@@ -1,0 +1,100 @@
+"""Shared CLI pieces: consoles, the one error helper, shared options and progress columns.
+
+Only typer and rich are imported here; commands import the library inside their bodies so
+that ``flowrbc --help`` and ``flowrbc predict`` do not pay for unrelated heavy imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Iterator, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line naming the bad input and exit non-zero (no traceback)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn flowrbc's input errors (and unreadable files) into ``fail`` calls."""
+    from flowrbc.errors import FlowrbcError
+
+    try:
+        yield
+    except FlowrbcError as exc:
+        fail(str(exc))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        fail(f"{exc.filename}: {exc.strerror}")
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+
+
+def progress(transient: bool = False) -> Progress:
+    """The progress bar every long command uses (rendered on stderr)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+        transient=transient,
+    )
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to compute: auto picks CUDA when present.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output path.")]
+ChannelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--channel",
+        help="Map a role to a channel, e.g. --channel volume=FSC-A --channel hemoglobin=SSC-A.",
+    ),
+]
+
+
+def parse_channel_map(items: list[str] | None) -> dict[str, str]:
+    """``["volume=FSC-A", ...]`` -> ``{"volume": "FSC-A", ...}``; a malformed item fails."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        role, sep, name = item.partition("=")
+        if not sep or not role.strip() or not name.strip():
+            fail(f"--channel {item!r}: expected ROLE=CHANNEL, e.g. volume=FSC-A")
+        out[role.strip().lower()] = name.strip()
+    return out
