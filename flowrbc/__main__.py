@@ -1,0 +1,5 @@
+"""``python -m flowrbc`` runs the command line."""
+
+from flowrbc.cli import main
+
+main()
