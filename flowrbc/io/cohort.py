@@ -1,0 +1,666 @@
+r"""Cohorts: all cells of many samples as one matrix plus a sample index, stored as .h5ad.
+
+In memory, a ``Cohort`` is ``X`` float32 ``(n_cells, C)``, cells contiguous per sample, and
+``offsets`` int64 ``(n_samples + 1,)`` (sample i owns ``X[offsets[i]:offsets[i+1]]``), with
+the sample table (targets, sex, age, split, n_cells, QC) indexed by sample_id.
+
+On disk it is an AnnData file (``anndata.read_h5ad`` opens it): ``X``; ``obs["sample_id"]``
+categorical; ``var`` indexed by channel with a ``role`` column; ``uns["samples"]`` the sample
+table; ``uns["offsets"]``. The file is written with h5py following anndata's on-disk spec
+(encoding-type / encoding-version attributes) so that 10^8 cells never become 10^8 Python
+strings: the obs index is stored as fixed-width ASCII (zero-padded cell numbers), and the
+categorical codes and index are written in blocks, compressed. ``read_cohort`` reads ``X``,
+``offsets`` and the sample table directly (no obs scan).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from flowrbc.errors import CohortError
+
+FORMAT_VERSION = 1  # of the flowrbc cohort layout inside the .h5ad
+SPLITS = ("train", "val", "test")
+_BLOCK = 1 << 22  # rows per write block (bounded temporaries at any cohort size)
+
+
+@dataclass
+class Cohort:
+    X: np.ndarray  # (n_cells, C) float32
+    offsets: np.ndarray  # (n_samples + 1,) int64
+    samples: "pd.DataFrame"  # noqa: F821  index = sample_id
+    channels: list[str]
+    roles: dict[str, str] = field(default_factory=dict)  # role -> channel name
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.X = np.asarray(self.X, dtype=np.float32)
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        _check(self)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_cells(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sample_cells(self, i: int) -> np.ndarray:
+        """Cells of sample ``i`` (a view), (n_i, C)."""
+        return self.X[self.offsets[i] : self.offsets[i + 1]]
+
+    def role_columns(self, roles: Sequence[str] = ("volume", "hemoglobin")) -> list[int]:
+        """Column indices of ``roles`` in ``X``; CohortError naming a missing role."""
+        missing = [r for r in roles if self.roles.get(r) not in self.channels]
+        if missing:
+            raise CohortError(f"cohort ({self.source or 'in memory'}) has no channel for {', '.join(missing)}")
+        return [self.channels.index(self.roles[r]) for r in roles]
+
+    def to_anndata(self):
+        """An AnnData of cells: obs["sample_id"] categorical, var["role"], uns["samples"]."""
+        import anndata
+        import pandas as pd
+
+        codes = np.repeat(np.arange(self.n_samples, dtype=np.int32), self.n_cells)
+        obs = pd.DataFrame(
+            {"sample_id": pd.Categorical.from_codes(codes, categories=self.samples.index.astype(str))},
+            index=pd.RangeIndex(len(self.X)).astype(str),
+        )
+        role_of = {ch: r for r, ch in self.roles.items()}
+        var = pd.DataFrame({"role": [role_of.get(c, "") for c in self.channels]}, index=list(self.channels))
+        uns = {"samples": self.samples.copy(), "offsets": self.offsets.copy(), "source": self.source}
+        return anndata.AnnData(X=self.X, obs=obs, var=var, uns=uns)
+
+    @classmethod
+    def from_anndata(cls, adata, *, source: str = "") -> "Cohort":
+        """A cohort from an AnnData of cells with ``obs["sample_id"]``; cells need not be
+        contiguous (they are sorted stably by sample). The sample order is that of
+        ``uns["samples"]`` when present, else the categories' order."""
+        import pandas as pd
+
+        if "sample_id" not in adata.obs.columns:
+            raise CohortError(f"{source or 'AnnData'}: obs has no 'sample_id' column (one per cell)")
+        sid = adata.obs["sample_id"]
+        if sid.isna().any():
+            raise CohortError(f"{source or 'AnnData'}: {int(sid.isna().sum())} cells have no sample_id")
+        table = adata.uns.get("samples")
+        if isinstance(table, pd.DataFrame):
+            table = table.copy()
+            table.index = table.index.astype(str)
+            present = set(sid.astype(str).unique())
+            order = [s for s in table.index if s in present]
+            extra = sorted(present - set(order))
+            if extra:
+                raise CohortError(f"{source or 'AnnData'}: sample(s) {extra[:3]} have cells but no row in uns['samples']")
+        else:
+            cat = sid.astype("category")
+            order = [str(c) for c in cat.cat.categories if (sid == c).any()]
+            table = pd.DataFrame(index=pd.Index(order, name="sample_id"))
+        codes = pd.Categorical(sid.astype(str), categories=order).codes.astype(np.int64)
+        perm = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(order))
+        x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        samples = table.loc[order].copy()
+        samples.index.name = "sample_id"
+        samples["n_cells"] = counts.astype(np.int64)
+        channels = [str(c) for c in adata.var_names]
+        roles = _roles_from_var(adata.var, channels)
+        src = source or str(adata.uns.get("source", ""))
+        return cls(
+            X=np.ascontiguousarray(x[perm], dtype=np.float32),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            samples=samples,
+            channels=channels,
+            roles=roles,
+            source=src,
+        )
+
+
+def _roles_from_var(var, channels: list[str]) -> dict[str, str]:
+    if "role" in var.columns:
+        roles = {str(r): ch for r, ch in zip(var["role"], channels) if isinstance(r, str) and r}
+        if roles:
+            return roles
+    from flowrbc.errors import ChannelError
+    from flowrbc.io.channels import resolve_channels
+
+    labels = [None if not isinstance(x, str) else x for x in var["marker"]] if "marker" in var.columns else None
+    try:
+        found = resolve_channels(channels, labels)
+    except ChannelError:
+        return {}
+    return {r: channels[i] for r, i in found.items()}
+
+
+def _check(c: Cohort) -> None:
+    where = c.source or "cohort"
+    if c.X.ndim != 2 or c.X.shape[1] != len(c.channels):
+        raise CohortError(f"{where}: X has shape {c.X.shape} for {len(c.channels)} channels")
+    o = c.offsets
+    if o.ndim != 1 or len(o) < 1 or o[0] != 0 or o[-1] != len(c.X) or np.any(np.diff(o) < 0):
+        raise CohortError(f"{where}: offsets must rise from 0 to n_cells={len(c.X)}")
+    if len(c.samples) != len(o) - 1:
+        raise CohortError(f"{where}: {len(c.samples)} sample rows for {len(o) - 1} offsets intervals")
+    if not c.samples.index.is_unique:
+        dup = c.samples.index[c.samples.index.duplicated()][:3].tolist()
+        raise CohortError(f"{where}: duplicate sample ids {dup}")
+    if "split" in c.samples.columns:
+        bad = set(c.samples["split"].dropna().astype(str)) - set(SPLITS)
+        if bad:
+            raise CohortError(f"{where}: unknown split value(s) {sorted(bad)}; use train, val, test")
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def assign_splits(n: int, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> np.ndarray:
+    """A random train/val/test assignment of ``n`` samples with exact counts (deterministic).
+
+    val and test get ``round(n * f)`` samples (at least one each when ``n >= 3`` and the
+    fraction is positive); train gets the rest.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    counts = [int(round(n * f)) for f in fractions[1:]]
+    if n >= 3:
+        counts = [max(k, 1) if f > 0 else 0 for k, f in zip(counts, fractions[1:])]
+    n_val, n_test = counts
+    labels = np.array(["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test, dtype=object)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5917,)))
+    return labels[rng.permutation(n)]
+
+
+# --------------------------------------------------------------------------- QC columns
+
+
+def add_qc_columns(samples, X: np.ndarray, offsets: np.ndarray) -> None:
+    """Add per-sample QC to ``samples`` in place: the indices of the stored cells
+    (qc_mcv, qc_mch, qc_rdw, qc_hdw, qc_chdw) and the flags (flag_too_few_cells, ...).
+    Event counts (n_events, n_gated, n_nonfinite) already in ``samples`` (from the raw
+    events, before gating) are kept; missing ones are taken from the stored cells."""
+    from flowrbc import pp
+
+    qc = pp.qc_by_sample(X, offsets)
+    for k in ("n_events", "n_gated", "n_nonfinite"):
+        if k not in samples.columns:
+            samples[k] = qc[k]
+    n_events = samples["n_events"].to_numpy()
+    samples["frac_gated"] = samples["n_gated"].to_numpy() / np.maximum(n_events, 1)
+    for k in ("mcv", "mch", "rdw", "hdw", "chdw"):
+        samples[f"qc_{k}"] = qc[k]
+    flags = pp.qc_flags({k: samples[k].to_numpy() for k in ("n_events", "n_gated", "n_nonfinite")})
+    for k, v in flags.items():
+        samples[f"flag_{k}"] = v
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def synthetic_cohort(n_patients: int = 2000, n_cells: int = 1000, seed: int = 0) -> Cohort:
+    """The simulated cohort (``flowrbc.simulate``) with the RBC gate applied, QC columns and
+    a train/val/test split; same arguments, same cohort. ``uns``-level ``oracle`` errors are
+    kept in ``cohort.samples.attrs["oracle"]``."""
+    from flowrbc import pp
+    from flowrbc.simulate import CHANNELS, GENERATOR_VERSION, simulate_cohort
+
+    sim = simulate_cohort(n_patients, n_cells, seed=seed)
+    samples = sim.samples.set_index("sample_id")
+    X, offsets = sim.cells, sim.offsets
+    keep = pp.rbc_gate(X[:, 0], X[:, 1])
+    n_events = np.diff(offsets)
+    if not keep.all():  # drop the (rare) tail events the gate rejects, as ingest would
+        kept = np.add.reduceat(keep.astype(np.int64), offsets[:-1]) if len(X) else n_events
+        X = X[keep]
+        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    samples["n_cells"] = np.diff(offsets)
+    samples["n_events"] = n_events
+    samples["n_gated"] = np.diff(offsets)
+    samples["n_nonfinite"] = np.zeros(len(samples), dtype=np.int64)
+    add_qc_columns(samples, X, offsets)
+    samples["split"] = assign_splits(len(samples), seed)
+    samples.attrs["oracle"] = sim.oracle
+    return Cohort(
+        X=X, offsets=offsets, samples=samples, channels=list(CHANNELS),
+        roles={"volume": CHANNELS[0], "hemoglobin": CHANNELS[1]},
+        source=f"synthetic v{GENERATOR_VERSION} n={n_patients} cells={n_cells} seed={seed}",
+    )
+
+
+def cache_dir() -> Path:
+    """``$FLOWRBC_CACHE`` or ``~/.cache/flowrbc``."""
+    env = os.environ.get("FLOWRBC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "flowrbc"
+
+
+DEFAULT_PATIENTS = 2000
+DEFAULT_CELLS = 1000
+DEFAULT_SEED = 0
+
+
+def default_cohort_path(n_patients: int = DEFAULT_PATIENTS, n_cells: int = DEFAULT_CELLS, seed: int = DEFAULT_SEED) -> Path:
+    from flowrbc.simulate import GENERATOR_VERSION
+
+    name = f"synthetic-g{GENERATOR_VERSION}-f{FORMAT_VERSION}-p{n_patients}-c{n_cells}-s{seed}.h5ad"
+    return cache_dir() / name
+
+
+def load_default_cohort(n_patients: int = DEFAULT_PATIENTS, n_cells: int = DEFAULT_CELLS, seed: int = DEFAULT_SEED) -> Cohort:
+    """The built-in synthetic cohort, read from the cache or generated and cached (a cache
+    file that cannot be read is regenerated)."""
+    path = default_cohort_path(n_patients, n_cells, seed)
+    if path.exists():
+        try:
+            return read_cohort(path)
+        except (CohortError, OSError, KeyError):
+            pass
+    cohort = synthetic_cohort(n_patients, n_cells, seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_cohort(cohort, path)
+    except OSError:  # a read-only home is no reason to fail; just don't cache
+        pass
+    return cohort
+
+
+# --------------------------------------------------------------------------- h5ad writing
+
+
+def _attrs(obj, kind: str, version: str = "0.2.0") -> None:
+    obj.attrs["encoding-type"] = kind
+    obj.attrs["encoding-version"] = version
+
+
+def _write_array(g, name: str, data: np.ndarray, **kw):
+    d = g.create_dataset(name, data=data, **kw)
+    _attrs(d, "array")
+    return d
+
+
+def _write_strings(g, name: str, values) -> None:
+    import h5py
+
+    arr = np.array([str(v) for v in values], dtype=object)
+    d = g.create_dataset(name, data=arr, dtype=h5py.string_dtype())
+    _attrs(d, "string-array")
+
+
+def _write_categorical(g, name: str, codes: np.ndarray, categories, ordered: bool = False) -> None:
+    cg = g.create_group(name)
+    _attrs(cg, "categorical")
+    cg.attrs["ordered"] = bool(ordered)
+    _write_strings(cg, "categories", categories)
+    _write_array(cg, "codes", codes)
+
+
+def _write_column(g, name: str, col) -> None:
+    import pandas as pd
+
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        _write_categorical(g, name, col.cat.codes.to_numpy(), col.cat.categories.astype(str), dtype.ordered)
+    elif isinstance(dtype, pd.BooleanDtype) or isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype):
+        kind = "nullable-boolean" if isinstance(dtype, pd.BooleanDtype) else "nullable-integer"
+        ng = g.create_group(name)
+        _attrs(ng, kind, "0.1.0")
+        _write_array(ng, "values", col.to_numpy(dtype=dtype.numpy_dtype, na_value=0))
+        _write_array(ng, "mask", col.isna().to_numpy())
+    elif dtype.kind in "biuf":
+        _write_array(g, name, col.to_numpy())
+    else:  # strings (object or pandas string dtype)
+        if col.isna().any():
+            cat = pd.Categorical(col.astype(object).where(col.notna(), None))
+            _write_categorical(g, name, cat.codes, cat.categories.astype(str))
+        else:
+            _write_strings(g, name, col.astype(str))
+
+
+def _write_dataframe(g, name: str, df) -> None:
+    dg = g.create_group(name)
+    _attrs(dg, "dataframe")
+    index_name = df.index.name or "_index"
+    if index_name in df.columns:
+        index_name = "_index"
+    dg.attrs["_index"] = index_name
+    dg.attrs["column-order"] = np.array([str(c) for c in df.columns], dtype=object)
+    _write_strings(dg, index_name, df.index.astype(str))
+    for c in df.columns:
+        _write_column(dg, str(c), df[c])
+
+
+def _write_dict_group(g, name: str):
+    sub = g.create_group(name)
+    _attrs(sub, "dict", "0.1.0")
+    return sub
+
+
+def _write_scalar_string(g, name: str, value: str) -> None:
+    import h5py
+
+    d = g.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    _attrs(d, "string")
+
+
+def _cell_names(lo: int, hi: int, width: int) -> np.ndarray:
+    """Zero-padded decimal cell numbers lo..hi-1 as fixed-width bytes (no Python strings)."""
+    i = np.arange(lo, hi, dtype=np.int64)
+    digits = (i[:, None] // (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))) % 10  # (n, w)
+    return (digits + ord("0")).astype(np.uint8).view(f"S{width}").reshape(-1)
+
+
+def write_cohort(cohort: Cohort, path) -> Path:
+    """Write ``cohort`` as .h5ad (temp file in the same folder, then rename)."""
+    import h5py
+
+    from flowrbc.pp import row_owners
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n, C = cohort.X.shape
+    try:
+        with h5py.File(tmp, "w") as f:
+            _attrs(f, "anndata", "0.1.0")
+            rows = max(1, min(n, 1 << 18))
+            _write_array(f, "X", cohort.X, chunks=(rows, C) if n else None)
+
+            obs = f.create_group("obs")
+            _attrs(obs, "dataframe")
+            obs.attrs["_index"] = "_index"
+            obs.attrs["column-order"] = np.array(["sample_id"], dtype=object)
+            width = max(1, len(str(max(n - 1, 0))))
+            comp = dict(compression="gzip", compression_opts=1, shuffle=True)
+            idx = obs.create_dataset("_index", shape=(n,), dtype=f"S{width}", chunks=(rows,) if n else None,
+                                     **(comp if n else {}))
+            _attrs(idx, "string-array")
+            sg = obs.create_group("sample_id")
+            _attrs(sg, "categorical")
+            sg.attrs["ordered"] = False
+            _write_strings(sg, "categories", cohort.samples.index.astype(str))
+            code_dtype = np.int8 if cohort.n_samples < 2**7 else np.int16 if cohort.n_samples < 2**15 else np.int32
+            codes = sg.create_dataset("codes", shape=(n,), dtype=code_dtype, chunks=(rows,) if n else None,
+                                      **(comp if n else {}))
+            _attrs(codes, "array")
+            for lo in range(0, n, _BLOCK):
+                hi = min(n, lo + _BLOCK)
+                idx[lo:hi] = _cell_names(lo, hi, width)
+                codes[lo:hi] = row_owners(cohort.offsets, lo, hi).astype(code_dtype)
+
+            var = f.create_group("var")
+            _attrs(var, "dataframe")
+            var.attrs["_index"] = "_index"
+            var.attrs["column-order"] = np.array(["role"], dtype=object)
+            _write_strings(var, "_index", cohort.channels)
+            role_of = {ch: r for r, ch in cohort.roles.items()}
+            _write_strings(var, "role", [role_of.get(c, "") for c in cohort.channels])
+
+            uns = _write_dict_group(f, "uns")
+            _write_dataframe(uns, "samples", cohort.samples)
+            _write_array(uns, "offsets", cohort.offsets)
+            _write_scalar_string(uns, "source", cohort.source)
+            fv = uns.create_dataset("flowrbc_cohort_format", data=np.int64(FORMAT_VERSION))
+            _attrs(fv, "numeric-scalar")
+            oracle = cohort.samples.attrs.get("oracle")
+            if oracle:
+                og = _write_dict_group(uns, "oracle")
+                for k, v in oracle.items():
+                    _attrs(og.create_dataset(k, data=np.float64(v)), "numeric-scalar")
+            for name in ("layers", "obsm", "obsp", "varm", "varp"):
+                _write_dict_group(f, name)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- h5ad reading
+
+
+def _read_elem(obj):
+    """Decode the anndata encodings the sample table uses (others via anndata itself)."""
+    import pandas as pd
+
+    kind = obj.attrs.get("encoding-type", "array")
+    if kind == "array":
+        return obj[()]
+    if kind == "string-array":
+        return obj.asstr()[()].astype(object)
+    if kind == "categorical":
+        cats = _read_elem(obj["categories"])
+        return pd.Categorical.from_codes(obj["codes"][()], categories=cats, ordered=bool(obj.attrs.get("ordered", False)))
+    if kind in ("nullable-integer", "nullable-boolean"):
+        values, mask = obj["values"][()], obj["mask"][()]
+        cls = pd.arrays.BooleanArray if kind == "nullable-boolean" else pd.arrays.IntegerArray
+        return cls(values, mask)
+    if kind == "string":
+        return obj.asstr()[()]
+    if kind == "numeric-scalar":
+        return obj[()].item()
+    if kind == "dataframe":
+        index_key = obj.attrs["_index"]
+        index = pd.Index(_read_elem(obj[index_key]), name=None if index_key == "_index" else index_key)
+        cols = [str(c) for c in obj.attrs.get("column-order", [])]
+        return pd.DataFrame({c: _read_elem(obj[c]) for c in cols}, index=index)
+    if kind == "dict":
+        return {k: _read_elem(v) for k, v in obj.items()}
+    from anndata.io import read_elem
+
+    return read_elem(obj)
+
+
+def read_cohort(path) -> Cohort:
+    """Read a cohort .h5ad: the fast h5py path for files from ``write_cohort``; other .h5ad
+    files (cells with ``obs["sample_id"]``) go through anndata and ``Cohort.from_anndata``."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise CohortError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CohortError(f"{path}: not an HDF5/.h5ad file ({exc})") from None
+    with f:
+        if "uns" not in f or "offsets" not in f["uns"] or "samples" not in f["uns"]:
+            fast = False
+        else:
+            fast = True
+            try:
+                Xd = f["X"]
+                if not isinstance(Xd, h5py.Dataset):
+                    raise CohortError(f"{path}: X is sparse; cohorts store dense cells")
+                X = np.empty(Xd.shape, dtype=np.float32)
+                if X.size:
+                    Xd.read_direct(X)
+                offsets = f["uns/offsets"][()].astype(np.int64)
+                samples = _read_elem(f["uns/samples"])
+                samples.index = samples.index.astype(str)
+                samples.index.name = "sample_id"
+                channels = [str(c) for c in _read_elem(f["var/_index"])]
+                roles_col = _read_elem(f["var/role"]) if "role" in f["var"] else [""] * len(channels)
+                roles = {str(r): ch for r, ch in zip(roles_col, channels) if isinstance(r, str) and r}
+                source = _read_elem(f["uns/source"]) if "source" in f["uns"] else str(path)
+                if "oracle" in f["uns"]:
+                    samples.attrs["oracle"] = _read_elem(f["uns/oracle"])
+            except KeyError as exc:
+                raise CohortError(f"{path}: malformed cohort file ({exc})") from None
+    if not fast:
+        import anndata
+
+        try:
+            adata = anndata.read_h5ad(path)
+        except Exception as exc:  # anndata raises many kinds on foreign files
+            raise CohortError(f"{path}: cannot read as AnnData ({exc})") from None
+        return Cohort.from_anndata(adata, source=str(path))
+    cohort = Cohort(X=X, offsets=offsets, samples=samples, channels=channels, roles=roles, source=source or str(path))
+    return cohort
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass
+class IngestResult:
+    cohort: Cohort
+    skipped: list[tuple[str, str]]  # (file, reason)
+    unmatched_rows: list[str]  # clinical sample ids with no FCS file
+
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def read_clinical(path) -> "pd.DataFrame":  # noqa: F821
+    """The clinical table (CSV): one row per sample with ``sample_id`` and/or ``file``;
+    optional hematocrit (%), hemoglobin (g/dL), anemia, sex (M/F), age, condition, split.
+    ``anemia`` missing but hemoglobin and sex present: derived by the WHO rule."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"sample_id": str, "file": str})
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CohortError(f"{path}: cannot read the clinical table ({exc})") from None
+    if "sample_id" not in df.columns and "file" not in df.columns:
+        raise CohortError(f"{path}: needs a 'sample_id' or 'file' column (has {', '.join(map(str, df.columns))})")
+    if "sample_id" not in df.columns:
+        df["sample_id"] = [Path(str(p)).stem for p in df["file"]]
+    if df["sample_id"].isna().any():
+        raise CohortError(f"{path}: {int(df['sample_id'].isna().sum())} rows without sample_id")
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"{path}: duplicate sample_id {dup.iloc[0]!r}")
+    if "sex" in df.columns:
+        s = df["sex"].astype(str).str.strip().str.upper().str[:1]
+        df["sex"] = s.where(s.isin(["M", "F"]), None)
+    if "anemia" in df.columns:
+        a = df["anemia"].astype(str).str.strip().str.lower()
+        bad = ~(a.isin(_TRUE | _FALSE) | df["anemia"].isna())
+        if bad.any():
+            raise CohortError(f"{path}: anemia value {df['anemia'][bad].iloc[0]!r} is not true/false/1/0")
+        vals = np.where(a.isin(_TRUE), 1.0, np.where(a.isin(_FALSE), 0.0, np.nan))
+        df["anemia"] = vals.astype(bool) if not np.isnan(vals).any() else vals
+    elif "hemoglobin" in df.columns and "sex" in df.columns:
+        thr = df["sex"].map({"M": 13.0, "F": 12.0})
+        vals = np.where(thr.isna() | df["hemoglobin"].isna(), np.nan, (df["hemoglobin"] < thr).astype(float))
+        df["anemia"] = vals.astype(bool) if not np.isnan(vals).any() else vals
+    for col in ("hematocrit", "hemoglobin", "age"):
+        if col in df.columns and df[col].dtype.kind not in "biuf":
+            raise CohortError(f"{path}: column {col!r} is not numeric")
+    return df
+
+
+def _sample_id_of(keywords: dict, path: Path) -> str:
+    for key in ("FLOWRBC_SAMPLE_ID", "$SMNO"):
+        v = keywords.get(key)
+        if v and v.strip():
+            return v.strip()
+    return path.stem
+
+
+def ingest_fcs(
+    directory,
+    clinical,
+    *,
+    channels: dict[str, str] | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    on_file: Callable[[Path, str | None], None] | None = None,
+) -> IngestResult:
+    """Build a cohort from a folder of FCS files and a clinical table.
+
+    Each ``*.fcs`` is read, its volume and hemoglobin channels resolved (``channels``
+    overrides, role -> name), gated (``pp.rbc_gate``) and matched to a clinical row by the
+    ``file`` column (base name) or else by sample id (keyword FLOWRBC_SAMPLE_ID or $SMNO,
+    else the file stem). A file that cannot be used is skipped with its reason
+    (``strict``: the first such file raises). Splits come from a ``split`` column, else
+    ``assign_splits(n, seed)``. ``on_file(path, problem_or_None)`` reports progress.
+    """
+    import pandas as pd
+
+    from flowrbc import pp
+    from flowrbc.errors import FlowrbcError
+    from flowrbc.io.channels import resolve_channels
+    from flowrbc.io.fcs import read_fcs_data
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CohortError(f"{directory}: not a directory")
+    table = read_clinical(clinical)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".fcs")
+    if not files:
+        raise CohortError(f"{directory}: no .fcs files")
+    by_file = {Path(str(f)).name: i for i, f in enumerate(table["file"])} if "file" in table.columns else {}
+    by_id = {str(s): i for i, s in enumerate(table["sample_id"])}
+
+    parts: list[np.ndarray] = []
+    rows: list[int] = []
+    used_files: list[str] = []
+    qcs: list[dict] = []
+    names: list[str] | None = None
+    skipped: list[tuple[str, str]] = []
+    for path in files:
+        problem = None
+        try:
+            data = read_fcs_data(path)
+            cols = resolve_channels(data.names, data.labels, channels)
+            row = by_file.get(path.name)
+            if row is None:
+                sid = _sample_id_of(data.keywords, path)
+                row = by_id.get(sid)
+                if row is None:
+                    raise CohortError(f"{path}: no row in the clinical table (file {path.name!r}, sample id {sid!r})")
+            if row in rows:
+                raise CohortError(f"{path}: clinical row {table['sample_id'].iloc[row]!r} already matched by another file")
+            x = data.events[:, [cols["volume"], cols["hemoglobin"]]]  # (n_events, 2)
+            qc = pp.qc_summary(x)
+            keep = pp.rbc_gate(x[:, 0], x[:, 1])
+            if not keep.any():
+                raise CohortError(f"{path}: no event passes the RBC gate ({len(x)} events)")
+        except (FlowrbcError, OSError) as exc:
+            problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            if strict:
+                raise CohortError(problem) from None
+            skipped.append((str(path), problem))
+        else:
+            if names is None:
+                names = [data.names[cols["volume"]], data.names[cols["hemoglobin"]]]
+            parts.append(np.ascontiguousarray(x[keep], dtype=np.float32))
+            rows.append(row)
+            used_files.append(path.name)
+            qcs.append(qc)
+        if on_file is not None:
+            on_file(path, problem)
+    if not parts:
+        raise CohortError(f"{directory}: no usable FCS file ({len(skipped)} skipped)")
+
+    samples = table.iloc[rows].copy()
+    samples["file"] = used_files
+    samples = samples.set_index("sample_id")
+    samples.index = samples.index.astype(str)
+    counts = np.array([len(p) for p in parts], dtype=np.int64)
+    samples["n_cells"] = counts
+    qc_df = pd.DataFrame(qcs, index=samples.index)
+    for k in ("n_events", "n_gated", "n_nonfinite"):  # counted on the raw events
+        samples[k] = qc_df[k].to_numpy()
+    X = np.concatenate(parts)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    add_qc_columns(samples, X, offsets)
+    if "split" in samples.columns and samples["split"].notna().all():
+        samples["split"] = samples["split"].astype(str).str.strip().str.lower()
+    else:
+        samples["split"] = assign_splits(len(samples), seed)
+    used = set(rows)
+    unmatched = [str(s) for i, s in enumerate(table["sample_id"]) if i not in used]
+    cohort = Cohort(X=X, offsets=offsets, samples=samples, channels=names,
+                    roles={"volume": names[0], "hemoglobin": names[1]}, source=str(directory))
+    return IngestResult(cohort=cohort, skipped=skipped, unmatched_rows=unmatched)
+

@@ -1,0 +1,132 @@
+"""The data commands: simulate, ingest, import-flowrbc."""
+
+import filecmp
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flowrbc.cli import app
+from flowrbc.io.cohort import read_cohort, synthetic_cohort
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def simdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    res = runner.invoke(app, ["simulate", str(out), "--patients", "12", "--cells", "120", "--seed", "4"])
+    assert res.exit_code == 0, res.output
+    assert "oracle" in res.output and "healthy" in res.output
+    return out
+
+
+def test_simulate_writes_fcs_and_clinical(simdir):
+    files = sorted(simdir.glob("*.fcs"))
+    assert len(files) == 12
+    clinical = pd.read_csv(simdir / "clinical.csv")
+    assert list(clinical["file"]) == [f.name for f in files]
+    for col in ("sample_id", "sex", "age", "condition", "hematocrit", "hemoglobin", "rbc_count", "mcv",
+                "mch", "mchc", "rdw", "anemia"):
+        assert col in clinical.columns
+    from flowrbc.io.fcs import read_fcs_data
+
+    d = read_fcs_data(files[0])
+    assert d.names == ["RBC Volume", "RBC Hb"] and d.n_events == 120
+    assert d.keywords["$CYT"] == "flowrbc-simulator"
+    assert d.keywords["FLOWRBC_SAMPLE_ID"] == clinical["sample_id"][0]
+
+
+def test_simulate_same_seed_same_bytes(simdir, tmp_path):
+    res = runner.invoke(app, ["simulate", str(tmp_path), "--patients", "12", "--cells", "120", "--seed", "4"])
+    assert res.exit_code == 0
+    cmp = filecmp.dircmp(simdir, tmp_path)
+    assert not cmp.diff_files and len(cmp.same_files) == 13
+    assert filecmp.cmp(simdir / "clinical.csv", tmp_path / "clinical.csv", shallow=False)
+
+
+def test_ingest_matches_synthetic_cohort(simdir, tmp_path):
+    out = tmp_path / "cohort.h5ad"
+    res = runner.invoke(app, ["ingest", str(simdir), "--clinical", str(simdir / "clinical.csv"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "12 samples" in res.output
+    got = read_cohort(out)
+    ref = synthetic_cohort(12, 120, seed=4)  # the same patients, built without files
+    np.testing.assert_array_equal(got.X, ref.X)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)
+    np.testing.assert_allclose(got.samples["hematocrit"], ref.samples["hematocrit"], rtol=1e-5)
+    assert (got.samples["anemia"] == ref.samples["anemia"]).all()
+    assert set(got.samples["split"]) <= {"train", "val", "test"}
+
+
+def test_ingest_skips_a_corrupt_file_and_strict_fails(simdir, tmp_path):
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(simdir, d)
+    (d / "S000003.fcs").write_bytes(b"FCS3.1   garbage")
+    out = tmp_path / "c.h5ad"
+    res = runner.invoke(app, ["ingest", str(d), "--clinical", str(d / "clinical.csv"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "S000003.fcs" in res.output and "1 files skipped" in res.output
+    c = read_cohort(out)
+    assert c.n_samples == 11 and "S000003" not in c.samples.index
+    strict_out = tmp_path / "strict.h5ad"
+    res = runner.invoke(app, ["ingest", str(d), "--clinical", str(d / "clinical.csv"), "-o", str(strict_out), "--strict"])
+    assert res.exit_code == 1 and "S000003.fcs" in res.output
+    assert not strict_out.exists()
+
+
+def test_ingest_channel_override_and_bad_channel(simdir, tmp_path):
+    out = tmp_path / "c.h5ad"
+    args = ["ingest", str(simdir), "--clinical", str(simdir / "clinical.csv"), "-o", str(out), "--strict"]
+    res = runner.invoke(app, args + ["--channel", "volume=RBC Volume", "--channel", "hemoglobin=RBC Hb"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, args + ["--channel", "volume=FSC-A"])
+    assert res.exit_code == 1 and "FSC-A" in res.output
+    res = runner.invoke(app, args + ["--channel", "volume"])
+    assert res.exit_code == 1 and "ROLE=CHANNEL" in res.output
+
+
+def test_ingest_matches_by_sample_id_without_file_column(simdir, tmp_path):
+    clinical = pd.read_csv(simdir / "clinical.csv").drop(columns=["file", "anemia"]).iloc[::-1]
+    clinical.to_csv(tmp_path / "clin.csv", index=False)
+    out = tmp_path / "c.h5ad"
+    res = runner.invoke(app, ["ingest", str(simdir), "--clinical", str(tmp_path / "clin.csv"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    c = read_cohort(out)
+    ref = pd.read_csv(simdir / "clinical.csv").set_index("sample_id")
+    assert list(c.samples.index) == list(ref.index)  # in file order
+    # anemia derived from hemoglobin and sex by the WHO rule
+    assert (c.samples["anemia"] == ref.loc[c.samples.index, "anemia"]).all()
+
+
+def test_ingest_bad_inputs(simdir, tmp_path):
+    res = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--clinical", str(simdir / "clinical.csv")])
+    assert res.exit_code == 1 and "not a directory" in res.output
+    bad = tmp_path / "clin.csv"
+    bad.write_text("patient,hct\nx,40\n")
+    res = runner.invoke(app, ["ingest", str(simdir), "--clinical", str(bad), "-o", str(tmp_path / "o.h5ad")])
+    assert res.exit_code == 1 and "sample_id" in res.output
+
+
+def test_import_flowrbc(tmp_path):
+    rng = np.random.default_rng(1)
+    p = tmp_path / "flow.h5"
+    with h5py.File(p, "w") as f:
+        for part, n in (("train", 20), ("test", 5)):
+            v = rng.lognormal(np.log(88), 0.13, (n, 40))
+            f[f"{part}_data"] = np.stack([v, 0.33 * v], -1)
+            f[f"{part}_labels"] = rng.normal(40, 4, n)
+    out = tmp_path / "c.h5ad"
+    res = runner.invoke(app, ["import-flowrbc", str(p), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "25 samples" in res.output and "val 2" in res.output and "test 5" in res.output
+    c = read_cohort(out)
+    assert c.X.shape == (1000, 2)
+    with h5py.File(p, "a") as f:
+        del f["test_labels"]
+    res = runner.invoke(app, ["import-flowrbc", str(p), "-o", str(tmp_path / "x.h5ad")])
+    assert res.exit_code == 1 and "test_labels" in res.output
