@@ -1,0 +1,253 @@
+"""``flowrbc train | evaluate | predict | embed``: parse, call the library, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flowrbc.cli import app
+from flowrbc.cli._common import (
+    ChannelOpt,
+    Device,
+    DeviceOpt,
+    Format,
+    FormatOpt,
+    SeedOpt,
+    console,
+    err_console,
+    fail,
+    parse_channel_map,
+    progress,
+    user_errors,
+)
+
+DEFAULT_MODEL = Path("runs/latest/model.pt")
+ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (model.pt or its run directory).")]
+CoverageOpt = Annotated[Optional[float], typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")]
+
+
+def _load_cohort(path: Optional[Path]):
+    if path is None:
+        from flowrbc.io.cohort import load_default_cohort
+
+        with err_console.status("loading the built-in synthetic cohort"):
+            return load_default_cohort()
+    from flowrbc.io.cohort import read_cohort
+
+    return read_cohort(path)
+
+
+@app.command()
+def train(
+    cohort: Annotated[Optional[Path], typer.Argument(help="Cohort .h5ad; default: the built-in synthetic cohort.")] = None,
+    model: Annotated[str, typer.Option("--model", help="deepsets, deepsets++, set_transformer, set_transformer++, slot_set.")] = "deepsets++",
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Encoder blocks.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Hidden size.")] = None,
+    norm: Annotated[Optional[str], typer.Option("--norm", help="none, layer, feature or set.")] = None,
+    residual: Annotated[Optional[str], typer.Option("--residual", help="clean, nonclean or none.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", help="hematocrit, hemoglobin, anemia (repeatable).")] = None,
+    cells: Annotated[Optional[int], typer.Option("--cells", help="Cells per set, resampled every epoch.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay")] = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<model>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
+    coverage: Annotated[float, typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")] = 0.9,
+) -> None:
+    """Train a set model; print test metrics beside the moment baseline and the oracle."""
+    with user_errors():
+        from flowrbc.train import TrainConfig, train_cohort
+
+        given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, cells=cells, epochs=epochs,
+                     batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+        config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
+                             coverage=coverage, **({"targets": tuple(target)} if target else {}))
+        if resume and out is None:
+            out = Path("runs/latest").resolve()
+        data = _load_cohort(cohort)
+        with progress() as bar:
+            task = bar.add_task("training", total=config.epochs, status="")
+
+            def report(p) -> None:
+                if p.end:
+                    shown = {k.removeprefix("val_"): v for k, v in p.metrics.items() if k != "score"}
+                    status = f"loss {p.loss:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
+                    bar.update(task, completed=p.epoch, status=status)
+                else:
+                    bar.update(task, status=f"step {p.step}/{p.steps} loss {p.loss:.3f}")
+
+            result = train_cohort(data, config, out, resume=resume, progress=report,
+                                  log=lambda m: err_console.print(m, highlight=False))
+        if result.metrics:
+            print_comparison(result.metrics)
+            console.print(f"run: {result.run_dir}  (model.pt, metrics.json, plots)")
+
+
+def print_comparison(metrics: dict) -> None:
+    """Model vs moment baseline vs oracle, per target, on the test split."""
+    from rich.table import Table
+
+    test = metrics["test"]
+    table = Table(title=f"test split ({metrics.get('n', {}).get('test', '?')} samples)")
+    for col in ("target", "metric", "model", "moments baseline", "oracle"):
+        table.add_column(col, justify="left" if col in ("target", "metric") else "right")
+    shown = {"regression": ("mse", "mae", "r2", "coverage"), "binary": ("accuracy", "auroc", "auprc", "brier", "ece")}
+    oracle_key = {"mse": "mse", "mae": "mae_realized", "accuracy": "accuracy"}
+    for name, m in test["model"].items():
+        kind = "binary" if "accuracy" in m else "regression"
+        for key in shown[kind]:
+            base = test["baseline"].get(name, {}).get(key)
+            orc = test["oracle"].get(name, {}).get(oracle_key.get(key, ""), None)
+            table.add_row(name, key, _fmt(m.get(key)), _fmt(base), _fmt(orc))
+    console.print(table)
+    cal = metrics.get("calibration", {})
+    if "hematocrit" in cal and "hematocrit" in test["model"]:
+        console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
+                      f"{cal['hematocrit']['coverage']:.0%}: test coverage {test['model']['hematocrit']['coverage']:.1%}")
+    if "anemia" in cal and "anemia" in test["model"]:
+        m = test["model"]["anemia"]
+        console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
+                      f"{m['ece_uncalibrated']:.3f} -> {m['ece']:.3f}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.4g}"
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (model.pt).")],
+    cohort: Annotated[Path, typer.Argument(help="Cohort .h5ad.")],
+    split: Annotated[str, typer.Option("--split", help="test, val, train or all.")] = "test",
+    format: FormatOpt = Format.table,
+    seed: SeedOpt = 0,
+) -> None:
+    """Metrics of a checkpoint on a cohort's split."""
+    with user_errors():
+        from flowrbc.embed import evaluate_cohort
+        from flowrbc.io.cohort import read_cohort
+
+        result = evaluate_cohort(model, read_cohort(cohort), split=split, seed=seed)
+        if format == Format.json:
+            import json
+
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return
+        rows = [(t, k, v) for t, m in result["metrics"].items() for k, v in m.items()]
+        if format == Format.csv:
+            sys.stdout.write("target,metric,value\n" + "".join(f"{t},{k},{v}\n" for t, k, v in rows))
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{model} on {cohort} ({split}: {result['n']} samples)")
+        for col in ("target", "metric", "value"):
+            table.add_column(col)
+        for t, k, v in rows:
+            table.add_row(t, k, _fmt(v))
+        console.print(table)
+
+
+@app.command()
+def predict(
+    files: Annotated[list[str], typer.Argument(help="FCS files, directories or globs.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    format: FormatOpt = Format.table,
+    coverage: CoverageOpt = None,
+    all_cells: Annotated[bool, typer.Option("--all-cells", help="Stream every gated cell (slot_set models).")] = False,
+    seed: SeedOpt = 0,
+    channel: ChannelOpt = None,
+) -> None:
+    """Hematocrit with interval, anemia probability and QC flags per file."""
+    overrides = parse_channel_map(channel)
+    with user_errors():
+        from flowrbc.checkpoint import resolve_model_path
+        from flowrbc.errors import FlowrbcError
+        from flowrbc.predict import expand_inputs, load_model, predict_file
+
+        path = resolve_model_path(model)
+        if not path.exists():
+            if model == DEFAULT_MODEL:
+                fail(f"no model at {DEFAULT_MODEL}: run `flowrbc train` first")
+            fail(f"{model}: no such checkpoint")
+        loaded = load_model(path)
+        paths = expand_inputs(files)
+        if not paths:
+            fail("no FCS files matched " + " ".join(files))
+        results, failed = [], 0
+        for p in paths:
+            try:
+                results.append(predict_file(loaded, p, overrides=overrides, coverage=coverage,
+                                            all_cells=all_cells, seed=seed))
+            except (FlowrbcError, OSError) as exc:
+                failed += 1
+                msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
+                err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+        _print_predictions([r.to_dict() for r in results], format)
+        if failed:
+            raise typer.Exit(1)
+
+
+def _print_predictions(rows: list[dict], format: Format) -> None:
+    if format == Format.json:
+        import json
+
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if format == Format.csv:
+        import csv
+
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(sys.stdout, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ";".join(v) if isinstance(v, list) else ("" if v is None else v) for k, v in r.items()})
+        return
+    if not rows:
+        return
+    from rich.table import Table
+
+    table = Table()
+    for col in ("file", "hematocrit (%)", "interval", "anemia p", "anemia", "cells", "QC"):
+        table.add_column(col)
+    for r in rows:
+        hct = r.get("hematocrit")
+        lo, hi = r.get("hematocrit_low"), r.get("hematocrit_high")
+        cov = r.get("hematocrit_coverage")
+        interval = f"{lo:.1f}–{hi:.1f} ({cov:.0%})" if lo is not None and hi is not None else "-"
+        p = r.get("anemia_probability")
+        table.add_row(
+            Path(r["file"]).name,
+            f"{hct:.1f}" if hct is not None else "-",
+            interval,
+            f"{p:.2f}" if p is not None else "-",
+            ("yes" if r.get("anemia") else "no") if p is not None else "-",
+            f"{r['cells_used']} ({r['draws']}×subsets)" if r["draws"] != "all" else f"{r['cells_used']} (all)",
+            ", ".join(r["qc_flags"]) or "ok",
+        )
+    console.print(table)
+
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (model.pt).")],
+    cohort: Annotated[Path, typer.Argument(help="Cohort .h5ad.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad of patients.")] = Path("patients.h5ad"),
+    seed: SeedOpt = 0,
+) -> None:
+    """Patient-level AnnData of set embeddings, with neighbors, UMAP and a PNG."""
+    with user_errors():
+        from flowrbc.embed import embed_cohort
+        from flowrbc.io.cohort import read_cohort
+
+        written = embed_cohort(model, read_cohort(cohort), out, seed=seed)
+        console.print(f"wrote {written['h5ad']} and {written['png']}")

@@ -1,0 +1,242 @@
+"""Metrics and the moment-feature baseline.
+
+Moment features are what a hematology analyser reports from the same cells (MCV, MCH, MCHC,
+RDW, HDW, percentiles, fractions of micro/macrocytic and hypochromic cells). They are computed
+per sample from one cell matrix and its offsets with segment reductions (no per-sample Python),
+with numpy only: the predict path uses them for its distribution-shift QC. scikit-learn is
+imported inside the functions that need it (AUROC/AUPRC, the gradient-boosting baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (5, 25, 50, 75, 95)
+MICROCYTIC_FL = 80.0  # cell volume below this: microcytic
+MACROCYTIC_FL = 100.0  # cell volume above this: macrocytic
+HYPOCHROMIC_PG = 27.0  # cell hemoglobin content below this: hypochromic (by content)
+HYPOCHROMIC_CHC = 28.0  # cell Hb concentration (g/dL) below this: hypochromic (Advia)
+HYPERCHROMIC_CHC = 41.0  # cell Hb concentration (g/dL) above this: hyperchromic (Advia)
+
+
+def _segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    if (counts < 1).any():
+        bad = int(np.flatnonzero(counts < 1)[0])
+        raise ValueError(f"offsets: sample {bad} has no cells")
+    return offsets, counts
+
+
+def segment_mean_sd(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample mean and (population) SD of ``values`` (n_cells,) split by ``offsets``."""
+    offsets, counts = _segments(offsets)
+    v = values.astype(np.float64)
+    mean = np.add.reduceat(v, offsets[:-1]) / counts
+    centred = v - np.repeat(mean, counts)
+    sd = np.sqrt(np.add.reduceat(centred * centred, offsets[:-1]) / counts)
+    return mean, sd
+
+
+def segment_percentiles(values: np.ndarray, offsets: np.ndarray, qs=PERCENTILES) -> np.ndarray:
+    """Per-sample percentiles (n_samples, len(qs)), linear interpolation as ``np.percentile``.
+
+    One stable sort by (sample, value) puts every sample's cells in order inside its segment;
+    percentile q of a segment of n cells sits at position q/100 · (n − 1) within it.
+    """
+    offsets, counts = _segments(offsets)
+    sample = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((values, sample))
+    s = values[order].astype(np.float64)
+    pos = np.asarray(qs, dtype=np.float64)[None, :] / 100.0 * (counts[:, None] - 1)  # (S, Q)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, counts[:, None] - 1)
+    frac = pos - lo
+    start = offsets[:-1, None]
+    return s[start + lo] * (1 - frac) + s[start + hi] * frac
+
+
+def segment_fraction(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    offsets, counts = _segments(offsets)
+    return np.add.reduceat(mask.astype(np.float64), offsets[:-1]) / counts
+
+
+def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Analyser-style features per sample -> ``(F (n_samples, n_features), names)``.
+
+    volume in fL and hemoglobin content in pg per cell; cell Hb concentration
+    CHC = 100 · Hb / volume (g/dL); MCV, MCH = means; MCHC = 100 · MCH / MCV;
+    RDW = 100 · SD(volume) / MCV (%); HDW = SD(CHC) (g/dL).
+    """
+    volume = np.asarray(volume, dtype=np.float64)
+    hemoglobin = np.asarray(hemoglobin, dtype=np.float64)
+    chc = 100.0 * hemoglobin / np.maximum(volume, 1e-6)
+    cols: list[np.ndarray] = []
+    names: list[str] = []
+    for label, values in (("volume", volume), ("hemoglobin", hemoglobin), ("chc", chc)):
+        mean, sd = segment_mean_sd(values, offsets)
+        cols += [mean, sd]
+        names += [f"{label}_mean", f"{label}_sd"]
+        pct = segment_percentiles(values, offsets)
+        cols += list(pct.T)
+        names += [f"{label}_p{q}" for q in PERCENTILES]
+    mcv, mch = cols[0], cols[7]
+    cols += [100.0 * mch / mcv, 100.0 * cols[1] / mcv, cols[15]]
+    names += ["mchc", "rdw", "hdw"]
+    fractions = {
+        "frac_microcytic": volume < MICROCYTIC_FL,
+        "frac_macrocytic": volume > MACROCYTIC_FL,
+        "frac_hypochromic": hemoglobin < HYPOCHROMIC_PG,
+        "frac_chc_low": chc < HYPOCHROMIC_CHC,
+        "frac_chc_high": chc > HYPERCHROMIC_CHC,
+    }
+    for name, mask in fractions.items():
+        cols.append(segment_fraction(mask, offsets))
+        names.append(name)
+    return np.stack(cols, axis=1), names
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MSE, MAE, RMSE and R² = 1 − SSE / SST."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    err = pred - y
+    sst = float(((y - y.mean()) ** 2).sum())
+    return {
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "r2": 1.0 - float((err**2).sum()) / sst if sst > 0 else math.nan,
+    }
+
+
+def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 15) -> float:
+    """ECE = Σ_b (n_b / n) · |mean(y)_b − mean(p)_b| over equal-width probability bins.
+
+    Bins are [0, 1/B), ..., [(B−1)/B, 1] (a probability of exactly 1 falls in the last bin).
+    """
+    y, prob = np.asarray(y, np.float64), np.asarray(prob, np.float64)
+    if len(y) == 0:
+        return math.nan
+    which = np.minimum((prob * bins).astype(np.int64), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, prob, bins))
+    return float(gap.sum() / len(y))  # Σ_b n_b/n · |Σy − Σp| / n_b
+
+
+def reliability_curve(y: np.ndarray, prob: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    """Per-bin mean predicted probability, observed frequency and count (for the diagram)."""
+    y, prob = np.asarray(y, np.float64), np.asarray(prob, np.float64)
+    which = np.minimum((prob * bins).astype(np.int64), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    keep = n > 0
+    return {
+        "predicted": (np.bincount(which, prob, bins)[keep] / n[keep]).tolist(),
+        "observed": (np.bincount(which, y, bins)[keep] / n[keep]).tolist(),
+        "count": n[keep].tolist(),
+    }
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, AUROC, AUPRC (average precision), Brier score and ECE for a binary target."""
+    y = np.asarray(y).astype(np.float64)
+    prob = np.asarray(prob, np.float64)
+    out = {
+        "accuracy": float(np.mean((prob >= threshold) == (y > 0.5))),
+        "brier": float(np.mean((prob - y) ** 2)),
+        "ece": expected_calibration_error(y, prob),
+        "auroc": math.nan,
+        "auprc": math.nan,
+    }
+    if 0 < y.sum() < len(y):  # both classes present
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        out["auroc"] = float(roc_auc_score(y, prob))
+        out["auprc"] = float(average_precision_score(y, prob))
+    return out
+
+
+def target_metrics(target: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Regression metrics for a continuous target, classification metrics for ``anemia``."""
+    return classification_metrics(y, pred) if is_binary(target) else regression_metrics(y, pred)
+
+
+def is_binary(target: str) -> bool:
+    return target == "anemia"
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+@dataclass
+class MomentBaseline:
+    """Gradient-boosted trees on moment features, one model per target, chosen on validation."""
+
+    feature_names: list[str]
+    models: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, dict] = field(default_factory=dict)
+
+    def predict(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for target, model in self.models.items():
+            if is_binary(target):
+                out[target] = model.predict_proba(features)[:, 1]
+            else:
+                out[target] = model.predict(features)
+        return out
+
+
+# Small grid: shallow vs deeper trees, slow vs faster learning; early stopping off so that
+# the validation split alone chooses (and results do not depend on an inner random split).
+_GRID = (
+    {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 15, "min_samples_leaf": 20},
+    {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 7, "min_samples_leaf": 20},
+)
+
+
+def fit_moment_baseline(
+    features: np.ndarray,
+    targets: dict[str, np.ndarray],
+    train: np.ndarray,
+    val: np.ndarray,
+    names: list[str],
+    seed: int = 0,
+) -> MomentBaseline:
+    """Fit on the ``train`` rows, pick the grid point with the best validation loss (MSE or
+    log loss) for each target, then keep that model (fitted on train only)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    # one OpenMP thread: on a small or busy CPU, more threads thrash (10× slower measured)
+    with threadpool_limits(1):
+        return _fit_grid(features, targets, train, val, names, seed,
+                         HistGradientBoostingRegressor, HistGradientBoostingClassifier)
+
+
+def _fit_grid(features, targets, train, val, names, seed, regressor, classifier) -> MomentBaseline:
+    baseline = MomentBaseline(feature_names=list(names))
+    for target, y in targets.items():
+        tr = train & np.isfinite(y)
+        va = val & np.isfinite(y)
+        best, best_loss = None, math.inf
+        for params in _GRID:
+            if is_binary(target):
+                model = classifier(early_stopping=False, random_state=seed, **params)
+                model.fit(features[tr], y[tr].astype(int))
+                p = np.clip(model.predict_proba(features[va])[:, 1], 1e-7, 1 - 1e-7)
+                yv = y[va]
+                loss = float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
+            else:
+                model = regressor(early_stopping=False, random_state=seed, **params)
+                model.fit(features[tr], y[tr])
+                loss = float(np.mean((model.predict(features[va]) - y[va]) ** 2))
+            if loss < best_loss:
+                best, best_loss = (model, params), loss
+        baseline.models[target], baseline.params[target] = best
+    return baseline

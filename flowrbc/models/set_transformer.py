@@ -1,0 +1,151 @@
+r"""Set Transformer (Lee et al. 2019) and Set Transformer++ (Zhang et al. 2022).
+
+Multihead attention block, queries ``Q: (B, M, D)`` attending to keys ``K: (B, N, D)``
+(padded keys masked out through a boolean ``attn_mask`` broadcast as (B, 1, 1, N)):
+
+- ``nonclean`` (original MAB):  :math:`H = g(Q + \mathrm{MH}(Q, K))`, :math:`O = g(H + \mathrm{relu}(\mathrm{Linear}(H)))`
+  with ``g`` the norm (post-norm; identity for ``norm="none"``).
+- ``clean`` (++):  :math:`H = Q + \mathrm{MH}(\mathrm{norm}(Q), \mathrm{norm}(K))`,
+  :math:`O = H + \mathrm{rFF}(\mathrm{norm}(H))`, rFF = Linear -> relu -> Linear; learned
+  queries (inducing points, PMA seeds) are not normalised, they are parameters.
+- ``none``:  :math:`O = \mathrm{rFF}(\mathrm{MH}(Q, K))` with a norm after each part.
+
+SAB(X) = MAB(X, X); ISAB(X) = MAB(X, MAB(I, X)) with ``inducing`` learned points I
+(O(N m) instead of O(N^2)); PMA(Z) = MAB(S, Z) with one learned seed S.
+Encoder: ``depth`` SAB/ISAB blocks -> PMA (or sum/mean/max pooling) -> decoder -> heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from flowrbc.models.config import ModelConfig
+from flowrbc.models.heads import SetModel
+from flowrbc.models.norms import make_norm
+from flowrbc.models.pooling import pool
+
+
+class MultiHead(nn.Module):
+    """Multi-head scaled dot-product attention through the fused SDPA kernel."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        b, m, d = q.shape
+        n, h = k.shape[1], self.heads
+        q = self.q(q).view(b, m, h, d // h).transpose(1, 2)  # (B, h, M, d/h)
+        k, v = self.kv(k).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, d/h)
+        attn_mask = None if key_mask is None else key_mask.view(b, 1, 1, n)  # True = attend
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, M, d/h)
+        return self.out(o.transpose(1, 2).reshape(b, m, d))  # (B, M, D)
+
+
+class MAB(nn.Module):
+    """Multihead attention block with clean, non-clean or no residual path."""
+
+    def __init__(
+        self, dim: int, heads: int, norm: str, residual: str, *, query: str = "data"
+    ) -> None:
+        """``query``: "data" (a set of its own), "self" (the keys: SAB) or "learned" (parameters)."""
+        super().__init__()
+        self.residual = residual
+        self.query = query
+        self.attn = MultiHead(dim, heads)
+        # Only norms that are used exist (unused parameters would upset DDP).
+        needs_norm_q = residual != "clean" or query == "data"
+        self.norm_q = make_norm(norm, dim) if needs_norm_q else None
+        self.norm_k = make_norm(norm, dim) if residual == "clean" else None
+        self.norm_h = make_norm(norm, dim)
+        self.fc1 = nn.Linear(dim, dim)
+        if residual == "clean":
+            self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, q: Tensor, k: Tensor, q_mask: Tensor | None, k_mask: Tensor | None) -> Tensor:
+        if self.residual == "clean":
+            kn = self.norm_k(k, k_mask)
+            if self.query == "learned":
+                qn = q
+            elif self.query == "self":
+                qn = kn  # self-attention: one norm of the shared input
+            else:
+                qn = self.norm_q(q, q_mask)
+            h = q + self.attn(qn, kn, k_mask)  # (B, M, D)
+            return h + self.fc2(F.relu(self.fc1(self.norm_h(h, q_mask))))
+        if self.residual == "nonclean":
+            h = self.norm_q(q + self.attn(q, k, k_mask), q_mask)
+            return self.norm_h(h + F.relu(self.fc1(h)), q_mask)
+        h = self.norm_q(self.attn(q, k, k_mask), q_mask)
+        return self.norm_h(F.relu(self.fc1(h)), q_mask)
+
+
+class SAB(nn.Module):
+    """Set attention block: every element attends to every real element. O(N^2)."""
+
+    def __init__(self, dim: int, heads: int, norm: str, residual: str) -> None:
+        super().__init__()
+        self.mab = MAB(dim, heads, norm, residual, query="self")
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return self.mab(x, x, mask, mask)
+
+
+class ISAB(nn.Module):
+    """Induced set attention block: m learned points summarise the set, elements read back."""
+
+    def __init__(self, dim: int, heads: int, inducing: int, norm: str, residual: str) -> None:
+        super().__init__()
+        self.points = nn.Parameter(torch.randn(1, inducing, dim) / math.sqrt(dim))
+        self.mab_in = MAB(dim, heads, norm, residual, query="learned")
+        self.mab_out = MAB(dim, heads, norm, residual)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        points = self.points.expand(x.shape[0], -1, -1)  # (B, m, D)
+        h = self.mab_in(points, x, None, mask)  # (B, m, D)
+        return self.mab_out(x, h, mask, None)  # (B, N, D)
+
+
+class PMA(nn.Module):
+    """Pooling by multihead attention with one learned seed: (B, N, D) -> (B, D)."""
+
+    def __init__(self, dim: int, heads: int, norm: str, residual: str) -> None:
+        super().__init__()
+        self.seed = nn.Parameter(torch.randn(1, 1, dim) / math.sqrt(dim))
+        self.mab = MAB(dim, heads, norm, residual, query="learned")
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        seed = self.seed.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        return self.mab(seed, x, None, mask).squeeze(1)
+
+
+class SetTransformer(SetModel):
+    """Set Transformer / ++: input linear -> SAB/ISAB blocks -> PMA -> decoder -> heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, embed_dim=config.width)
+        d, c = config.width, config
+        self.input = nn.Linear(c.in_features, d)
+        if c.inducing:
+            blocks = (ISAB(d, c.heads, c.inducing, c.norm, c.residual) for _ in range(c.depth))
+        else:
+            blocks = (SAB(d, c.heads, c.norm, c.residual) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(blocks)
+        self.pma = PMA(d, c.heads, c.norm, c.residual) if c.pooling == "pma" else None
+
+    def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        h = self.input(x)  # (B, N, D)
+        recompute = self.config.checkpoint and self.training and h.requires_grad
+        for block in self.blocks:
+            h = checkpoint(block, h, mask, use_reentrant=False) if recompute else block(h, mask)
+        if self.pma is not None:
+            return self.pma(h, mask)  # (B, D)
+        return pool(h, mask, self.config.pooling)

@@ -1,0 +1,327 @@
+"""Checkpoint -> predictions for FCS files: hematocrit ± conformal interval, calibrated anemia
+probability, QC flags. The fast path: numpy, torch and flowrbc's numpy-only readers; never
+anndata, scanpy, scikit-learn, pandas or matplotlib.
+
+Also the model-input pieces training shares with prediction: the feature scaler, set drawing
+from one cell matrix + offsets on the device, and R-draw averaged set predictions.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from flowrbc.errors import ChannelError, CheckpointError, FlowrbcError
+
+DRAWS = 10  # resampled cell subsets averaged per sample at prediction and test time
+LOG_FLOOR = 1e-3  # log(max(x, floor)): volumes/contents are positive; guards zeros
+
+
+# ----------------------------------------------------------------------------- model inputs
+
+
+@dataclass
+class FeatureScaler:
+    """x' = (log(max(x, floor)) − mean) / std per feature, statistics from training cells."""
+
+    mean: list[float]
+    std: list[float]
+    log: list[bool]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, log: Sequence[bool], max_rows: int = 2_000_000) -> "FeatureScaler":
+        step = max(1, len(x) // max_rows)  # strided subsample: statistics, not every cell
+        z = cls._log(np.asarray(x[::step], np.float64), list(log))
+        std = z.std(axis=0)
+        return cls(mean=z.mean(axis=0).tolist(), std=np.where(std > 0, std, 1.0).tolist(), log=list(log))
+
+    @staticmethod
+    def _log(x: np.ndarray, log: list[bool]) -> np.ndarray:
+        x = np.array(x, dtype=np.float64, copy=True)
+        for j, flag in enumerate(log):
+            if flag:
+                x[:, j] = np.log(np.maximum(x[:, j], LOG_FLOOR))
+        return x
+
+    def transform(self, x: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+        """(n, C) raw -> (n, C) float32 scaled, in row blocks (bounded temporaries)."""
+        out = np.empty(x.shape, dtype=np.float32)
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        for lo in range(0, len(x), block):
+            out[lo : lo + block] = (self._log(x[lo : lo + block], self.log) - mean) / std
+        return out
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "log": list(self.log)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureScaler":
+        return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]], [bool(v) for v in d["log"]])
+
+
+def draw_sets(X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor, cells: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """``cells`` cells drawn uniformly with replacement from each sample in ``idx``.
+
+    Cell j of sample s is row offsets[s] + ⌊u · n_s⌋ with u ~ U[0, 1): one gather for the
+    batch, on X's device. X (n_cells, C), offsets (S + 1,), idx (B,) -> (B, cells, C).
+    """
+    start = offsets[idx]  # (B,)
+    n = offsets[idx + 1] - start  # (B,)
+    u = torch.rand(len(idx), cells, generator=generator, device=X.device)  # (B, N)
+    rows = start[:, None] + torch.minimum((u * n[:, None]).long(), n[:, None] - 1)  # (B, N)
+    return X[rows]  # (B, N, C)
+
+
+def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Model heads -> target units: regression de-standardised, classification kept as logits."""
+    out = {}
+    for name, spec in targets.items():
+        value = raw[name].float().squeeze(-1)  # (B,)
+        if spec["kind"] == "regression":
+            value = value * spec["std"] + spec["mean"]
+        out[name] = value
+    return out
+
+
+@torch.no_grad()
+def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
+                 targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
+                 batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Average over ``draws`` resampled sets per sample: regression values in target units,
+    classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)"""
+    model.eval()
+    generator = torch.Generator(device=X.device)
+    generator.manual_seed(seed)
+    idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
+    sums = {name: torch.zeros(len(idx_t), device=X.device) for name in targets}
+    for _ in range(draws):
+        for lo in range(0, len(idx_t), batch_size):
+            batch = idx_t[lo : lo + batch_size]
+            x = draw_sets(X, offsets, batch, cells, generator)
+            with _autocast(X.device):
+                decoded = decode_outputs(model(x), targets)
+            for name, value in decoded.items():
+                sums[name][lo : lo + batch_size] += value
+    return {name: (s / draws).cpu().numpy().astype(np.float64) for name, s in sums.items()}
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to predict: the model (eval mode) and everything to apply it."""
+
+    model: torch.nn.Module
+    path: Path
+    family: str
+    channels: list[tuple[str, str]]  # (role, channel name) in input order
+    scaler: FeatureScaler
+    targets: dict[str, dict]
+    cells: int  # set size used in training
+    calibration: dict[str, dict]
+    ranges: dict[str, dict]
+    moments: dict[str, Any]
+    complete: bool
+    device: torch.device
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load ``model.pt`` (safely: weights only) and rebuild its model."""
+    from flowrbc.checkpoint import load_checkpoint
+    from flowrbc.models import ModelConfig, build_model
+
+    payload = load_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        model = build_model(config)
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first[:160]})") from None
+    device = torch.device(device)
+    model.to(device).eval()
+    train = payload.get("train_config", {})
+    return LoadedModel(
+        model=model,
+        path=Path(path),
+        family=config.family,
+        channels=[(str(r), str(c)) for r, c in payload["channels"]],
+        scaler=FeatureScaler.from_dict(payload["scaler"]),
+        targets=payload.get("targets", {}),
+        cells=int(train.get("cells", 1000)),
+        calibration=payload.get("calibration") or {},
+        ranges=payload.get("feature_ranges") or {},
+        moments=payload.get("moments") or {},
+        complete=bool(payload.get("complete", False)),
+        device=device,
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@dataclass
+class Prediction:
+    file: str
+    values: dict[str, float | None] = field(default_factory=dict)
+    n_events: int = 0
+    cells_used: int = 0
+    draws: int | str = DRAWS
+    qc_flags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, **self.values, "n_events": self.n_events, "cells_used": self.cells_used,
+                "draws": self.draws, "qc_flags": list(self.qc_flags), "error": self.error}
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; directories -> their ``*.fcs`` files (sorted); globs expanded. A name
+    that matches nothing stays, so that reading it reports the problem."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() == ".fcs" and q.is_file())
+        elif not p.exists() and glob.has_magic(str(item)):
+            out += sorted(Path(q) for q in glob.glob(str(item)))
+        else:
+            out.append(p)
+    return out
+
+
+def select_channels(model: LoadedModel, names: list[str], labels: list[str | None], path: str,
+                    overrides: dict[str, str] | None = None) -> list[int]:
+    """Column of each model role: user overrides, then the checkpoint's channel names, then
+    the aliases of ``resolve_channels``. Refuses a file lacking them, naming the channels."""
+    from flowrbc.io.channels import resolve_channels
+
+    lowered = {n.lower(): n for n in names} | {str(lab).lower(): str(lab) for lab in labels if lab}
+    wanted = {role: lowered[ch.lower()] for role, ch in model.channels if ch.lower() in lowered}
+    wanted.update(overrides or {})
+    roles = [r for r, _ in model.channels]
+    try:
+        found = resolve_channels(names, labels, wanted, roles=roles)
+    except ChannelError as exc:
+        need = ", ".join(f"{r} ({c!r})" for r, c in model.channels)
+        raise ChannelError(f"{path}: lacks the model's channels {need}: {exc}; map them with "
+                           f"--channel ROLE=NAME") from None
+    return [found[r] for r in roles]
+
+
+def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite: int) -> list[str]:
+    from flowrbc import pp
+    from flowrbc.metrics import moment_features
+
+    flags = []
+    n = len(cells)
+    if n < pp.MIN_CELLS:
+        flags.append("too_few_cells")
+    if n_events - n > pp.MAX_GATED_OUT * max(n_events, 1):
+        flags.append("many_gated_out")
+    if n_nonfinite:
+        flags.append("nonfinite_events")
+    outside = np.zeros(n, dtype=bool)
+    for j, (role, _) in enumerate(model.channels):
+        r = model.ranges.get(role)
+        if r:
+            outside |= (cells[:, j] < r["p001"]) | (cells[:, j] > r["p999"])
+    if n and outside.mean() > 0.05:  # 0.2 % expected for training-like data
+        flags.append("outside_training_range")
+    if model.moments and n:
+        F, names = moment_features(cells[:, 0], cells[:, 1], np.array([0, n]))
+        mean, sd = np.asarray(model.moments["mean"]), np.maximum(np.asarray(model.moments["sd"]), 1e-12)
+        lo, hi = np.asarray(model.moments["min"]), np.asarray(model.moments["max"])
+        z = (F[0] - mean) / sd
+        if ((np.abs(z) > 5) & ((F[0] < lo) | (F[0] > hi))).any():
+            flags.append("far_from_training")
+    if not model.complete:
+        flags.append("uncalibrated")
+    return flags
+
+
+def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
+                 coverage: float | None = None, all_cells: bool = False, draws: int = DRAWS,
+                 seed: int = 0) -> Prediction:
+    """Read, gate, QC and predict one FCS file. Raises FlowrbcError for an unusable file."""
+    from flowrbc import pp
+    from flowrbc.io.fcs import read_fcs_data
+
+    data = read_fcs_data(path)
+    cols = select_channels(model, data.names, data.labels, str(path), overrides)
+    raw = data.events[:, cols].astype(np.float64)  # (n_events, 2) role order
+    finite = np.isfinite(raw).all(axis=1)
+    keep = pp.rbc_gate(raw[:, 0], raw[:, 1])
+    cells = raw[keep]
+    if len(cells) == 0:
+        raise FlowrbcError(f"{path}: no events pass the RBC gate ({data.events.shape[0]} events)")
+    out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)))
+    out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()))
+    X = torch.from_numpy(model.scaler.transform(cells)).to(model.device)  # (n, 2)
+    if all_cells:
+        heads = _stream_all(model, X)
+        out.draws = "all"
+    else:
+        offsets = torch.tensor([0, len(cells)], device=model.device)
+        heads = predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells,
+                             draws=draws, seed=seed)
+        heads = {k: float(v[0]) for k, v in heads.items()}
+        out.draws = draws
+    out.values = _report(model, heads, coverage)
+    return out
+
+
+def _stream_all(model: LoadedModel, X: torch.Tensor, chunk: int = 4096) -> dict[str, float]:
+    """Every gated cell through a streaming (slot_set) model, chunk by chunk."""
+    net = model.model
+    if not hasattr(net, "init_state"):
+        raise FlowrbcError(f"--all-cells: needs a slot_set model (streaming); {model.path} is {model.family}")
+    with torch.no_grad():
+        state = net.init_state(1)
+        for lo in range(0, len(X), chunk):
+            state = net.update(state, X[None, lo : lo + chunk])
+        raw = net.finalize(state)
+    return {k: float(v[0]) for k, v in decode_outputs(raw, model.targets).items()}
+
+
+def _report(model: LoadedModel, heads: dict[str, float], coverage: float | None) -> dict[str, float | None]:
+    """Heads -> reported values: intervals for regression, calibrated probability and call."""
+    from flowrbc.calibration import calibrated_probability, conformal_quantile
+
+    values: dict[str, float | None] = {}
+    for name, spec in model.targets.items():
+        cal = model.calibration.get(name, {})
+        if spec["kind"] == "regression":
+            value = heads[name]
+            values[name] = value
+            q = None
+            if cal and (coverage is None or math.isclose(coverage, cal["coverage"])):
+                q = float(cal["halfwidth"])
+            elif cal and "residuals" in cal:
+                q = conformal_quantile(np.asarray(cal["residuals"]), coverage)
+            values[f"{name}_low"] = value - q if q is not None and math.isfinite(q) else None
+            values[f"{name}_high"] = value + q if q is not None and math.isfinite(q) else None
+            values[f"{name}_coverage"] = (coverage if coverage is not None else cal.get("coverage")) if q is not None else None
+        else:
+            t = float(cal.get("temperature", 1.0))
+            p = float(calibrated_probability(np.array([heads[name]]), t)[0])
+            values[f"{name}_probability"] = p
+            values[name] = bool(p >= float(cal.get("threshold", 0.5)))
+    return values

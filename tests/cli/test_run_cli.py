@@ -1,0 +1,75 @@
+"""flowrbc train / predict / evaluate through the typer app."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrbc.cli import app
+from flowrbc.io.cohort import synthetic_cohort, write_cohort
+from flowrbc.simulate import write_simulated
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_cohort(synthetic_cohort(n_patients=80, n_cells=48, seed=4), root / "cohort.h5ad")
+    out = runner.invoke(app, ["train", str(root / "cohort.h5ad"), "--epochs", "1", "--width", "16", "--depth", "1",
+                              "--cells", "32", "--batch-size", "16", "--device", "cpu", "--out", str(root / "runs" / "a")])
+    assert out.exit_code == 0, out.output
+    write_simulated(root / "fcs", n_patients=2, n_cells=300, seed=1)
+    return root, out.output
+
+
+def test_train_prints_model_baseline_oracle(trained):
+    root, output = trained
+    assert "moments baseline" in output and "oracle" in output and "coverage" in output
+    assert (root / "runs" / "a" / "learning_curves.png").is_file()
+    assert (root / "runs" / "a" / "anemia_reliability.png").is_file()
+
+
+def test_predict_json_and_a_bad_file_among_good_ones(trained):
+    root, _ = trained
+    (root / "fcs" / "broken.fcs").write_text("not an FCS file")
+    model = str(root / "runs" / "a" / "model.pt")
+    out = runner.invoke(app, ["predict", str(root / "fcs"), "--model", model, "--format", "json"])
+    assert out.exit_code == 1
+    rows = json.loads(out.stdout)
+    assert len(rows) == 2 and all(r["hematocrit"] > 0 for r in rows)
+    assert "broken.fcs" in out.stderr and out.stderr.count("error:") == 1
+    again = runner.invoke(app, ["predict", str(root / "fcs" / "S*.fcs"), "--model", model, "--format", "csv"])
+    assert again.exit_code == 0
+    assert again.stdout.splitlines()[0].startswith("file,hematocrit,")
+    assert len(again.stdout.splitlines()) == 3
+
+
+def test_predict_without_model_says_what_to_do(trained, tmp_path, monkeypatch):
+    root, _ = trained
+    monkeypatch.chdir(tmp_path)
+    out = runner.invoke(app, ["predict", str(next((root / "fcs").glob("S*.fcs")))])
+    assert out.exit_code == 1
+    assert "no model at runs/latest/model.pt: run `flowrbc train` first" in out.stderr
+
+
+def test_evaluate_json(trained):
+    root, _ = trained
+    out = runner.invoke(app, ["evaluate", str(root / "runs" / "a" / "model.pt"), str(root / "cohort.h5ad"),
+                              "--split", "all", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["n"] == 80 and "mse" in result["metrics"]["hematocrit"]
+
+
+def test_embed_writes_patient_anndata(trained):
+    import anndata
+
+    root, _ = trained
+    out = runner.invoke(app, ["embed", str(root / "runs" / "a" / "model.pt"), str(root / "cohort.h5ad"),
+                              "-o", str(root / "patients.h5ad")])
+    assert out.exit_code == 0, out.output
+    adata = anndata.read_h5ad(root / "patients.h5ad")
+    assert adata.n_obs == 80 and adata.X.shape[1] > 0
+    assert "X_umap" in adata.obsm and "pred_hematocrit" in adata.obs
+    assert (root / "patients.png").is_file()

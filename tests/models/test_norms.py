@@ -1,0 +1,121 @@
+"""Masked norms: the formulas, padding invariance, gradients, running statistics."""
+
+import pytest
+import torch
+
+from flowrbc.models.norms import FeatureNorm, LayerNorm, NoNorm, SetNorm, make_norm
+
+
+def _pad(x, extra, value=7.0):
+    """Append ``extra`` padded elements (value ``value``) and shuffle; returns (x, mask, perm)."""
+    b, n, d = x.shape
+    pad = torch.full((b, extra, d), value, dtype=x.dtype)
+    xp = torch.cat([x, pad], 1)
+    mask = torch.cat([torch.ones(b, n, dtype=torch.bool), torch.zeros(b, extra, dtype=torch.bool)], 1)
+    perm = torch.randperm(n + extra)
+    return xp[:, perm], mask[:, perm], perm
+
+
+def test_set_norm_standardises_each_set_over_elements_and_features():
+    torch.manual_seed(0)
+    x = torch.randn(3, 10, 4, dtype=torch.float64) * 5 + 3
+    norm = SetNorm(4).double()
+    y = norm(x)
+    for b in range(3):
+        ref = (x[b] - x[b].mean()) / torch.sqrt(x[b].var(unbiased=False) + norm.eps)
+        torch.testing.assert_close(y[b], ref)
+    # per-feature affine
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        norm.bias.copy_(torch.tensor([0.0, 1.0, 0.0, -1.0]))
+    torch.testing.assert_close(norm(x), y * norm.weight + norm.bias)
+
+
+def test_set_norm_keeps_relative_scale_that_layer_norm_removes():
+    # two elements, one a multiple of the other: layer norm maps them to the same output
+    x = torch.tensor([[[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]])
+    ln = LayerNorm(3)(x)
+    sn = SetNorm(3)(x)
+    torch.testing.assert_close(ln[0, 0], ln[0, 1])
+    assert (sn[0, 0] - sn[0, 1]).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("kind", ["set", "layer", "feature", "none"])
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_norm_ignores_padding(kind, training):
+    torch.manual_seed(1)
+    x = torch.randn(4, 6, 5, dtype=torch.float64) * 2 + 1
+    norm = make_norm(kind, 5).double().train(training)
+    ref = norm(x)
+    if kind == "feature":
+        norm.running_mean.zero_(), norm.running_var.fill_(1.0)
+    xp, mask, perm = _pad(x, 5, value=1e3)
+    out = norm(xp, mask)
+    real = torch.argsort(perm)[:6]  # positions of the real elements in the shuffled set
+    torch.testing.assert_close(out[:, real], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_set_norm_masked_matches_per_set_statistics_with_uneven_sets():
+    torch.manual_seed(2)
+    x = torch.randn(2, 8, 3, dtype=torch.float64)
+    mask = torch.tensor([[True] * 3 + [False] * 5, [True] * 8])
+    y = SetNorm(3).double()(x, mask)
+    torch.testing.assert_close(y[0, :3], SetNorm(3).double()(x[:1, :3])[0])
+    torch.testing.assert_close(y[1], SetNorm(3).double()(x[1:])[0])
+
+
+def test_set_norm_gradients_are_exact():
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True, False], [True] * 5])
+    norm = SetNorm(3).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1, 1)
+    assert torch.autograd.gradcheck(lambda t: norm(t, mask), (x,))
+    assert torch.autograd.gradcheck(lambda t: norm(t), (x,))
+
+
+def test_feature_norm_running_statistics_and_eval():
+    torch.manual_seed(4)
+    norm = FeatureNorm(2, momentum=1.0).double()
+    x = torch.randn(8, 50, 2, dtype=torch.float64) * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -3.0])
+    mask = torch.rand(8, 50) < 0.7
+    y = norm(x, mask)
+    real = x[mask]  # (n_real, 2)
+    torch.testing.assert_close(norm.running_mean, real.mean(0))
+    torch.testing.assert_close(norm.running_var, real.var(0, unbiased=True))
+    torch.testing.assert_close(y[mask].mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-10, rtol=0)
+    norm.eval()
+    z = norm(x[:1, :3])  # eval: fixed statistics, any set, no batch dependence
+    expected = (x[:1, :3] - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
+    torch.testing.assert_close(z, expected)
+
+
+def test_set_norm_stats_in_float32_under_bfloat16():
+    x = (torch.randn(2, 64, 8) * 3 + 100).bfloat16()
+    with torch.no_grad():
+        y = SetNorm(8)(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert abs(float(y.float().mean())) < 0.05 and abs(float(y.float().std()) - 1) < 0.05
+
+
+def test_no_norm_is_identity_object():
+    x = torch.randn(2, 3, 4)
+    assert NoNorm()(x) is x
+    with pytest.raises(ValueError, match="^norm:"):
+        make_norm("batch", 4)
+
+
+@pytest.mark.parametrize(("offset", "atol"), [(0.0, 1e-5), (30.0, 1e-4), (300.0, 1e-4), (1e4, 3e-3)])
+def test_set_norm_float32_is_accurate_with_large_offsets(offset, atol):
+    # the fast single-pass variance falls back to the stable kernel when the mean dominates;
+    # what remains is float32's own resolution at the offset (ulp(1e4) / 0.5 = 2e-3)
+    torch.manual_seed(5)
+    x = (torch.randn(2, 300, 8) * 0.5 + offset).double()  # exactly representable in float32
+    with torch.no_grad():
+        ref = SetNorm(8).double()(x)
+        out = SetNorm(8)(x.float())
+        feature_ref = FeatureNorm(8).double()(x)
+        feature_out = FeatureNorm(8)(x.float())
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=atol)
+    torch.testing.assert_close(feature_out.double(), feature_ref, rtol=0, atol=atol)

@@ -1,0 +1,94 @@
+"""Prediction on FCS files from the simulator, with a tiny trained checkpoint."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flowrbc.errors import ChannelError, FlowrbcError
+from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.io.fcs import read_fcs_data, write_fcs_arrays
+from flowrbc.predict import expand_inputs, load_model, predict_file
+from flowrbc.simulate import write_simulated
+from flowrbc.train import TrainConfig, train_cohort
+
+TINY = dict(width=16, depth=1, cells=64, epochs=1, batch_size=16, draws=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    cohort = synthetic_cohort(n_patients=80, n_cells=64, seed=3)
+    result = train_cohort(cohort, TrainConfig(**TINY), root / "runs" / "tiny", plots=False)
+    files = root / "fcs"
+    write_simulated(files, n_patients=3, n_cells=300, seed=7)
+    return result.run_dir / "model.pt", files
+
+
+def test_prediction_fields_and_determinism(run):
+    model_path, files = run
+    model = load_model(model_path)
+    path = sorted(files.glob("*.fcs"))[0]
+    a = predict_file(model, path, seed=1).to_dict()
+    b = predict_file(model, path, seed=1).to_dict()
+    assert a == b
+    assert a["cells_used"] == 300 and a["draws"] == 10
+    assert a["hematocrit_low"] < a["hematocrit"] < a["hematocrit_high"]
+    assert 0.0 <= a["anemia_probability"] <= 1.0
+    assert a["anemia"] == (a["anemia_probability"] >= 0.5)
+    wider = predict_file(model, path, seed=1, coverage=0.8).to_dict()
+    narrower = predict_file(model, path, seed=1, coverage=0.5).to_dict()
+    assert narrower["hematocrit_high"] - narrower["hematocrit_low"] <= wider["hematocrit_high"] - wider["hematocrit_low"]
+
+
+def test_missing_channels_refused_by_name_and_override(run, tmp_path):
+    model_path, files = run
+    model = load_model(model_path)
+    src = read_fcs_data(sorted(files.glob("*.fcs"))[0])
+    odd = tmp_path / "odd.fcs"
+    write_fcs_arrays(odd, src.events, ["FSC-A", "SSC-A"])
+    with pytest.raises(ChannelError, match=r"odd.fcs: lacks the model's channels volume \('RBC Volume'\)"):
+        predict_file(model, odd)
+    mapped = predict_file(model, odd, overrides={"volume": "FSC-A", "hemoglobin": "SSC-A"}, seed=1)
+    direct = predict_file(model, sorted(files.glob("*.fcs"))[0], seed=1)
+    assert mapped.values == direct.values
+
+
+def test_qc_flags_for_few_and_shifted_cells(run, tmp_path):
+    model_path, _ = run
+    model = load_model(model_path)
+    rng = np.random.default_rng(0)
+    cells = np.column_stack([rng.normal(150, 5, 50), rng.normal(60, 2, 50)]).astype(np.float32)
+    path = tmp_path / "odd.fcs"
+    write_fcs_arrays(path, cells, ["RBC Volume", "RBC Hb"])
+    flags = predict_file(model, path).qc_flags
+    assert "too_few_cells" in flags and "outside_training_range" in flags and "far_from_training" in flags
+    empty = tmp_path / "debris.fcs"
+    write_fcs_arrays(empty, np.full((20, 2), 5.0, np.float32), ["RBC Volume", "RBC Hb"])
+    with pytest.raises(FlowrbcError, match="debris.fcs: no events pass the RBC gate"):
+        predict_file(model, empty)
+
+
+def test_expand_inputs(run):
+    _, files = run
+    assert len(expand_inputs([files])) == 3
+    assert len(expand_inputs([str(files / "*.fcs")])) == 3
+
+
+def test_predict_path_imports_no_heavy_libraries(run):
+    model_path, files = run
+    code = (
+        "import sys\n"
+        "from flowrbc.cli import app\n"
+        "import flowrbc.cli.run as r\n"
+        "from flowrbc.predict import load_model, predict_file\n"
+        f"m = load_model({str(model_path)!r})\n"
+        f"predict_file(m, {str(sorted(files.glob('*.fcs'))[0])!r})\n"
+        "r._print_predictions([], r.Format.json)\n"
+        "heavy = [k for k in ('anndata', 'scanpy', 'sklearn', 'pandas', 'matplotlib') if k in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
