@@ -13,19 +13,8 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Each module adds its commands to ``app``; they import the library lazily.
-    import importlib
-
-    for name in ("fcs", "data", "run", "validate"):
-        try:
-            importlib.import_module(f"flowrbc.cli.{name}")
-        except ModuleNotFoundError as exc:  # an area not built yet
-            if exc.name != f"flowrbc.cli.{name}":
-                raise
-
-
-_register()
+# Each module registers its commands on ``app``; they import the library lazily.
+from flowrbc.cli import data, fcs, run, validate  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""Model tests use tiny tensors: one intra-op thread avoids thread start/spin costs that
-dominate (100x) on a shared 2-core machine."""
+"""Tests use tiny tensors: one intra-op thread avoids thread start and spin costs that
+dominate small ops (up to 100x on a busy 2-core machine)."""
 
 import pytest
 import torch
