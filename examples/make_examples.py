@@ -1,7 +1,8 @@
 """Make the example patient files: ``python examples/make_examples.py`` (deterministic).
 
 Draws a simulated cohort (flowrbc.simulate, seed 0) and keeps the first patient of each
-kind below, 5,000 cells each, as FCS 3.1 files ``patient_00K.fcs`` plus ``clinical.csv``
+kind below, 5,000 cells each, as FCS 3.1 files ``patient_00K.fcs`` (with the patient's sex
+and age as keywords ``FLOWRBC_SEX``, ``FLOWRBC_AGE``) plus ``clinical.csv``
 with their truth (hematocrit, hemoglobin, anemia, condition, ...).
 """
 
@@ -40,7 +41,8 @@ def main(out: Path = Path(__file__).parent) -> None:
         name = f"patient_{k:03d}.fcs"
         cells = sim.cells[sim.offsets[i] : sim.offsets[i + 1]]
         write_fcs_arrays(out / name, cells, list(CHANNELS), labels=["Volume (fL)", "Hemoglobin (pg)"],
-                         keywords={"$SMNO": str(s["sample_id"].iloc[i]), "$CYT": "flowrbc-simulator"})
+                         keywords={"$SMNO": str(s["sample_id"].iloc[i]), "$CYT": "flowrbc-simulator",
+                                   "FLOWRBC_SEX": str(s["sex"].iloc[i]), "FLOWRBC_AGE": str(int(s["age"].iloc[i]))})
         row = {c: s[c].iloc[i] for c in COLUMNS if c in s.columns}
         row["file"] = name
         rows.append(row)

@@ -49,15 +49,30 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
     from flowrbc.predict import DRAWS, predict_sets
 
     X, offsets = _cohort_on_device(loaded, cohort)
-    raw = predict_sets(loaded.model, X, offsets, idx, loaded.targets, cells=loaded.cells, draws=DRAWS, seed=seed)
+    cov, unknown = _covariates(loaded, cohort, idx)
+    raw = predict_sets(loaded.model, X, offsets, idx, loaded.targets, cells=loaded.cells, draws=DRAWS, seed=seed,
+                       covariates=cov)
     out = {}
     for name, spec in loaded.targets.items():
         if spec["kind"] == "binary":
-            t = float(loaded.calibration.get(name, {}).get("temperature", 1.0))
+            cal = loaded.calibration.get(name, {})
+            t = float((cal.get("covariates_unknown", cal) if unknown else cal).get("temperature", 1.0))
             out[name] = calibrated_probability(raw[name], t)
         else:
             out[name] = raw[name]
     return out
+
+
+def _covariates(loaded, cohort, idx: np.ndarray):
+    """The model's covariates for samples ``idx`` -> (encoded (len(idx), k) or None, whether a
+    covariate column is missing from the cohort, so that the model predicts without it)."""
+    enc = loaded.covariates
+    if enc is None or not enc.names:
+        return None, False
+    missing = [n for n in enc.names if n not in cohort.samples.columns]
+    if missing:
+        return None, True
+    return enc.encode(cohort.samples.iloc[idx]), False
 
 
 def evaluate_cohort(model_path: str | os.PathLike, cohort, *, split: str = "test", seed: int = 0) -> dict[str, Any]:
@@ -79,6 +94,8 @@ def evaluate_cohort(model_path: str | os.PathLike, cohort, *, split: str = "test
             continue
         m = target_metrics(name, y[ok], pred[name][ok])
         cal = loaded.calibration.get(name, {})
+        if _covariates(loaded, cohort, idx)[1]:
+            cal = cal.get("covariates_unknown", cal)
         if "halfwidth" in cal:
             m["coverage"] = interval_coverage(pred[name][ok], y[ok], ConformalInterval.from_dict(cal))
         metrics[name] = {k: (v if math.isfinite(v) else None) for k, v in m.items()}

@@ -94,20 +94,25 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
 @torch.no_grad()
 def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                  targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
-                 batch_size: int = 64) -> dict[str, np.ndarray]:
+                 batch_size: int = 64, covariates: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Average over ``draws`` resampled sets per sample: regression values in target units,
-    classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)"""
+    classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)
+
+    ``covariates`` (len(idx), k): encoded per-sample covariates, row i for sample idx[i]
+    (None: unknown, or a model without covariates)."""
     model.eval()
     generator = torch.Generator(device=X.device)
     generator.manual_seed(seed)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
+    cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32).to(X.device)
     sums = {name: torch.zeros(len(idx_t), device=X.device) for name in targets}
     for _ in range(draws):
         for lo in range(0, len(idx_t), batch_size):
             batch = idx_t[lo : lo + batch_size]
             x = draw_sets(X, offsets, batch, cells, generator)
+            extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
             with _autocast(X.device):
-                decoded = decode_outputs(model(x), targets)
+                decoded = decode_outputs(model(x, **extra), targets)
             for name, value in decoded.items():
                 sums[name][lo : lo + batch_size] += value
     return {name: (s / draws).cpu().numpy().astype(np.float64) for name, s in sums.items()}
@@ -140,11 +145,13 @@ class LoadedModel:
     moments: dict[str, Any]
     complete: bool
     device: torch.device
+    covariates: Any = None  # flowrbc.covariates.CovariateEncoder; names empty: none
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load ``model.pt`` (safely: weights only) and rebuild its model."""
     from flowrbc.checkpoint import load_checkpoint
+    from flowrbc.covariates import CovariateEncoder
     from flowrbc.models import ModelConfig, build_model
 
     payload = load_checkpoint(path)
@@ -171,6 +178,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         moments=payload.get("moments") or {},
         complete=bool(payload.get("complete", False)),
         device=device,
+        covariates=CovariateEncoder.from_dict(payload.get("covariates")),
     )
 
 
@@ -184,12 +192,14 @@ class Prediction:
     n_events: int = 0
     cells_used: int = 0
     draws: int | str = DRAWS
+    covariates: dict[str, Any] = field(default_factory=dict)  # values used; None = unknown
     qc_flags: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, **self.values, "n_events": self.n_events, "cells_used": self.cells_used,
-                "draws": self.draws, "qc_flags": list(self.qc_flags), "error": self.error}
+        return {"file": self.file, **self.values, **self.covariates, "n_events": self.n_events,
+                "cells_used": self.cells_used, "draws": self.draws, "qc_flags": list(self.qc_flags),
+                "error": self.error}
 
 
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
@@ -259,8 +269,13 @@ def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite:
 
 def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
                  coverage: float | None = None, all_cells: bool = False, draws: int = DRAWS,
-                 seed: int = 0) -> Prediction:
-    """Read, gate, QC and predict one FCS file. Raises FlowrbcError for an unusable file."""
+                 seed: int = 0, covariates: dict[str, Any] | None = None) -> Prediction:
+    """Read, gate, QC and predict one FCS file. Raises FlowrbcError for an unusable file.
+
+    ``covariates`` (e.g. ``{"sex": "F", "age": 61}``) for a model trained with them; a value
+    not given is read from the file's keywords (FLOWRBC_SEX / SEX, FLOWRBC_AGE / AGE), else it
+    is unknown: the model then predicts without it, with the interval and temperature
+    calibrated for unknown covariates, and the QC flag ``covariates_unknown``."""
     from flowrbc import pp
     from flowrbc.io.fcs import read_fcs_data
 
@@ -274,21 +289,29 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         raise FlowrbcError(f"{path}: no events pass the RBC gate ({data.events.shape[0]} events)")
     out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)))
     out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()))
+    cov, unknown = None, False
+    if model.covariates is not None and model.covariates.names:
+        out.covariates, cov_raw = model.covariates.values(covariates, data.keywords)
+        unknown = bool(np.isnan(cov_raw).any())
+        if unknown:
+            out.qc_flags.append("covariates_unknown")
+        cov = torch.from_numpy(model.covariates.encode_raw(cov_raw[None])).to(model.device)  # (1, k)
     X = torch.from_numpy(model.scaler.transform(cells)).to(model.device)  # (n, 2)
     if all_cells:
-        heads = _stream_all(model, X)
+        heads = _stream_all(model, X, cov)
         out.draws = "all"
     else:
         offsets = torch.tensor([0, len(cells)], device=model.device)
         heads = predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells,
-                             draws=draws, seed=seed)
+                             draws=draws, seed=seed, covariates=cov)
         heads = {k: float(v[0]) for k, v in heads.items()}
         out.draws = draws
-    out.values = _report(model, heads, coverage)
+    out.values = _report(model, heads, coverage, covariates_unknown=unknown)
     return out
 
 
-def _stream_all(model: LoadedModel, X: torch.Tensor, chunk: int = 4096) -> dict[str, float]:
+def _stream_all(model: LoadedModel, X: torch.Tensor, cov: torch.Tensor | None = None,
+                chunk: int = 4096) -> dict[str, float]:
     """Every gated cell through a streaming (slot_set) model, chunk by chunk."""
     net = model.model
     if not hasattr(net, "init_state"):
@@ -297,17 +320,21 @@ def _stream_all(model: LoadedModel, X: torch.Tensor, chunk: int = 4096) -> dict[
         state = net.init_state(1)
         for lo in range(0, len(X), chunk):
             state = net.update(state, X[None, lo : lo + chunk])
-        raw = net.finalize(state)
+        raw = net.finalize(state, cov)
     return {k: float(v[0]) for k, v in decode_outputs(raw, model.targets).items()}
 
 
-def _report(model: LoadedModel, heads: dict[str, float], coverage: float | None) -> dict[str, float | None]:
-    """Heads -> reported values: intervals for regression, calibrated probability and call."""
+def _report(model: LoadedModel, heads: dict[str, float], coverage: float | None,
+            covariates_unknown: bool = False) -> dict[str, float | None]:
+    """Heads -> reported values: intervals for regression, calibrated probability and call.
+    With a covariate unknown, the calibration fitted with covariates unknown applies."""
     from flowrbc.calibration import calibrated_probability, conformal_quantile
 
     values: dict[str, float | None] = {}
     for name, spec in model.targets.items():
         cal = model.calibration.get(name, {})
+        if covariates_unknown:
+            cal = cal.get("covariates_unknown", cal)
         if spec["kind"] == "regression":
             value = heads[name]
             values[name] = value

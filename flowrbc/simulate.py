@@ -387,8 +387,9 @@ def summary_table(samples: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
 
 def write_simulated(out_dir, n_patients: int, n_cells: int = 1000, seed: int = 0, *,
                     on_file=None) -> Path:
-    """Write one FCS file per patient (channels ``RBC Volume`` [fL], ``RBC Hb`` [pg]) and
-    ``clinical.csv`` into ``out_dir``; same seed, same bytes. Returns the clinical.csv path.
+    """Write one FCS file per patient (channels ``RBC Volume`` [fL], ``RBC Hb`` [pg]; keywords
+    ``FLOWRBC_SEX`` and ``FLOWRBC_AGE``) and ``clinical.csv`` into ``out_dir``; same seed, same
+    bytes. Returns the clinical.csv path.
 
     ``on_file(i, path)`` is called after each file (for progress reporting).
     """
@@ -405,6 +406,8 @@ def write_simulated(out_dir, n_patients: int, n_cells: int = 1000, seed: int = 0
             "$SMNO": sid,
             "FLOWRBC_SAMPLE_ID": sid,
             "FLOWRBC_GENERATOR": f"simulate v{GENERATOR_VERSION} seed {seed}",
+            "FLOWRBC_SEX": str(samples["sex"].iloc[i]),  # what a request carries besides the cells
+            "FLOWRBC_AGE": str(int(samples["age"].iloc[i])),
         }
         path = out / files[i]
         cells = sim.cells[sim.offsets[i] : sim.offsets[i + 1]]

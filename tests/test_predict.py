@@ -48,7 +48,8 @@ def test_missing_channels_refused_by_name_and_override(run, tmp_path):
     model = load_model(model_path)
     src = read_fcs_data(sorted(files.glob("*.fcs"))[0])
     odd = tmp_path / "odd.fcs"
-    write_fcs_arrays(odd, src.events, ["FSC-A", "SSC-A"])
+    same_patient = {k: v for k, v in src.keywords.items() if k.startswith("FLOWRBC_")}  # sex, age
+    write_fcs_arrays(odd, src.events, ["FSC-A", "SSC-A"], keywords=same_patient)
     with pytest.raises(ChannelError, match=r"odd.fcs: lacks the model's channels volume \('RBC Volume'\)"):
         predict_file(model, odd)
     mapped = predict_file(model, odd, overrides={"volume": "FSC-A", "hemoglobin": "SSC-A"}, seed=1)
@@ -69,6 +70,32 @@ def test_qc_flags_for_few_and_shifted_cells(run, tmp_path):
     write_fcs_arrays(empty, np.full((20, 2), 5.0, np.float32), ["RBC Volume", "RBC Hb"])
     with pytest.raises(FlowrbcError, match="debris.fcs: no events pass the RBC gate"):
         predict_file(model, empty)
+
+
+def test_covariates_from_keywords_request_or_unknown(run, tmp_path):
+    import csv
+
+    model_path, files = run
+    model = load_model(model_path)
+    path = sorted(files.glob("*.fcs"))[0]
+    truth = {r["file"]: r for r in csv.DictReader(open(files / "clinical.csv"))}[path.name]
+    from_file = predict_file(model, path, seed=1)
+    assert from_file.covariates == {"sex": truth["sex"], "age": float(truth["age"])}
+    assert "covariates_unknown" not in from_file.qc_flags
+    other_sex = {"M": "F", "F": "M"}[truth["sex"]]
+    asked = predict_file(model, path, seed=1, covariates={"sex": other_sex, "age": None})
+    assert asked.covariates["sex"] == other_sex and asked.covariates["age"] == float(truth["age"])
+    assert asked.values["hematocrit"] != from_file.values["hematocrit"]
+
+    src = read_fcs_data(path)
+    bare = tmp_path / "bare.fcs"
+    write_fcs_arrays(bare, src.events, src.names)  # no sex/age keywords
+    unknown = predict_file(model, bare, seed=1)
+    assert unknown.covariates == {"sex": None, "age": None} and "covariates_unknown" in unknown.qc_flags
+    cal = model.calibration["hematocrit"]["covariates_unknown"]
+    assert unknown.values["hematocrit_high"] - unknown.values["hematocrit"] == pytest.approx(cal["halfwidth"])
+    row = unknown.to_dict()
+    assert row["sex"] is None and row["age"] is None
 
 
 def test_expand_inputs(run):

@@ -156,3 +156,33 @@ def test_resume_ends_like_an_uninterrupted_run(cohort, tmp_path):
     assert resumed.metrics["test"]["model"] == full.metrics["test"]["model"]
     with pytest.raises(FlowrbcError, match="options differ from the interrupted run \\(epochs\\)"):
         train_cohort(cohort, TrainConfig(**dict(TINY, epochs=4)), tmp_path / "cut", plots=False, resume=True)
+
+
+def test_covariates_enter_model_calibration_and_metrics(cohort, tmp_path):
+    from flowrbc.checkpoint import load_checkpoint
+
+    result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "cov", plots=False)
+    payload = load_checkpoint(tmp_path / "cov" / "model.pt")
+    assert payload["covariates"]["names"] == ["sex", "age"] and payload["model_config"]["covariates"] == 2
+    train_ages = cohort.samples["age"].to_numpy(float)[cohort.samples["split"].to_numpy() == "train"]
+    assert payload["covariates"]["mean"]["age"] == pytest.approx(train_ages.mean())
+    assert "halfwidth" in payload["calibration"]["hematocrit"]["covariates_unknown"]
+    assert "temperature" in payload["calibration"]["anemia"]["covariates_unknown"]
+    assert set(result.metrics["test"]["model_covariates_unknown"]) == {"hematocrit", "anemia"}
+
+    plain = train_cohort(cohort, TrainConfig(**TINY, covariates=()), tmp_path / "plain", plots=False)
+    assert load_checkpoint(tmp_path / "plain" / "model.pt")["model_config"]["covariates"] == 0
+    assert "model_covariates_unknown" not in plain.metrics["test"]
+    with pytest.raises(FlowrbcError, match="--covariate bmi: the cohort's sample table has no 'bmi' column"):
+        train_cohort(cohort, TrainConfig(**TINY, covariates=("bmi",)), tmp_path / "bad", plots=False)
+
+
+def test_covariate_dropout_hides_a_share_of_values():
+    from flowrbc.train import covariate_dropout
+
+    cov = torch.ones(4000, 2)
+    g = torch.Generator().manual_seed(0)
+    out = covariate_dropout(cov, 0.2, g)
+    assert set(out.unique().tolist()) == {0.0, 1.0}
+    assert abs(float((out == 0).float().mean()) - 0.2) < 0.02
+    assert torch.equal(covariate_dropout(cov, 0.0, g), cov)

@@ -51,7 +51,7 @@ def simulate(
         _print_table(summary_table(samples), f"{patients} patients x {cells} cells, seed {seed}")
         oracle = simulate_cohort(patients, 1, seed=seed).oracle  # the oracle does not depend on cells
         console.print(
-            f"oracle (latent parameters known): hematocrit RMSE {oracle['hematocrit_rmse']:.2f}, "
+            f"oracle (sex and latent parameters known): hematocrit RMSE {oracle['hematocrit_rmse']:.2f}, "
             f"MAE {oracle['hematocrit_mae']:.2f}; anemia accuracy {oracle['anemia_accuracy']:.3f}",
             highlight=False,
         )

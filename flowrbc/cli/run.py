@@ -49,6 +49,9 @@ def train(
     norm: Annotated[Optional[str], typer.Option("--norm", help="none, layer, feature or set.")] = None,
     residual: Annotated[Optional[str], typer.Option("--residual", help="clean, nonclean or none.")] = None,
     target: Annotated[Optional[list[str]], typer.Option("--target", help="hematocrit, hemoglobin, anemia (repeatable).")] = None,
+    covariate: Annotated[Optional[list[str]], typer.Option(
+        "--covariate", help="Per-sample input besides the cells: sex, age or another numeric sample column "
+        "(repeatable); 'none' for cells only. Default: sex and age where the cohort has them.")] = None,
     cells: Annotated[Optional[int], typer.Option("--cells", help="Cells per set, resampled every epoch.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
@@ -66,6 +69,8 @@ def train(
 
         given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, cells=cells, epochs=epochs,
                      batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+        if covariate:
+            given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
                              coverage=coverage, **({"targets": tuple(target)} if target else {}))
         if resume and out is None:
@@ -94,9 +99,11 @@ def print_comparison(metrics: dict) -> None:
     from rich.table import Table
 
     test = metrics["test"]
+    unknown = test.get("model_covariates_unknown")
     table = Table(title=f"test split ({metrics.get('n', {}).get('test', '?')} samples)")
-    for col in ("target", "metric", "model", "moments baseline", "oracle"):
-        table.add_column(col, justify="left" if col in ("target", "metric") else "right")
+    cols = ["target", "metric", "model"] + (["no sex/age"] if unknown else []) + ["moments baseline", "oracle*"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("target", "metric") else "right", no_wrap=True)
     shown = {"regression": ("mse", "mae", "r2", "coverage"), "binary": ("accuracy", "auroc", "auprc", "brier", "ece")}
     oracle_key = {"mse": "mse", "mae": "mae_realized", "accuracy": "accuracy"}
     for name, m in test["model"].items():
@@ -104,8 +111,14 @@ def print_comparison(metrics: dict) -> None:
         for key in shown[kind]:
             base = test["baseline"].get(name, {}).get(key)
             orc = test["oracle"].get(name, {}).get(oracle_key.get(key, ""), None)
-            table.add_row(name, key, _fmt(m.get(key)), _fmt(base), _fmt(orc))
+            extra = [_fmt(unknown.get(name, {}).get(key))] if unknown else []
+            table.add_row(name, key, _fmt(m.get(key)), *extra, _fmt(base), _fmt(orc))
     console.print(table)
+    if unknown:
+        console.print("no sex/age: the same model with every covariate unknown (its own calibration)",
+                      highlight=False)
+    console.print("* oracle: the generator's best prediction given the patient's sex and every latent "
+                  "parameter the cells reveal (synthetic cohorts; a lower bound)", highlight=False)
     cal = metrics.get("calibration", {})
     if "hematocrit" in cal and "hematocrit" in test["model"]:
         console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
@@ -166,9 +179,18 @@ def predict(
     all_cells: Annotated[bool, typer.Option("--all-cells", help="Stream every gated cell (slot_set models).")] = False,
     seed: SeedOpt = 0,
     channel: ChannelOpt = None,
+    sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's "
+                                               "SEX keyword, else unknown).")] = None,
+    age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
+                                                 "file's AGE keyword, else unknown).")] = None,
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
+    if sex is not None and sex.strip().upper() not in ("M", "F"):
+        fail(f"--sex {sex!r}: use M or F")
+    if age is not None and not 0 <= age <= 150:
+        fail(f"--age {age:g}: not an age in years")
+    covariates = {"sex": sex.strip().upper() if sex else None, "age": age}
     with user_errors():
         from flowrbc.checkpoint import resolve_model_path
         from flowrbc.errors import FlowrbcError
@@ -187,7 +209,7 @@ def predict(
         for p in paths:
             try:
                 results.append(predict_file(loaded, p, overrides=overrides, coverage=coverage,
-                                            all_cells=all_cells, seed=seed))
+                                            all_cells=all_cells, seed=seed, covariates=covariates))
             except (FlowrbcError, OSError) as exc:
                 failed += 1
                 msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
@@ -217,9 +239,13 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
     from rich.table import Table
 
     table = Table()
-    for col in ("file", "hematocrit (%)", "interval", "anemia p", "anemia", "cells", "QC"):
+    with_cov = any("sex" in r or "age" in r for r in rows)
+    for col in ("file",) + (("sex, age",) if with_cov else ()) + ("hematocrit (%)", "interval", "anemia p", "anemia",
+                                                                  "cells", "QC"):
         table.add_column(col)
     for r in rows:
+        age = "?" if r.get("age") is None else f"{r['age']:g}"
+        who = [f"{r.get('sex') or '?'}, {age}"] if with_cov else []
         hct = r.get("hematocrit")
         lo, hi = r.get("hematocrit_low"), r.get("hematocrit_high")
         cov = r.get("hematocrit_coverage")
@@ -227,6 +253,7 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
         p = r.get("anemia_probability")
         table.add_row(
             Path(r["file"]).name,
+            *who,
             f"{hct:.1f}" if hct is not None else "-",
             interval,
             f"{p:.2f}" if p is not None else "-",

@@ -51,6 +51,7 @@ class ModelConfig:
     slot_readout: str = "mlp"  # per-slot MLP then mean over slots; "sum" is the collapsing trap
     equivariant: str = "none"  # "mean"/"max": original Deep Sets layer x - pool(x) (not MBC)
     outputs: dict[str, int] = field(default_factory=lambda: {"hematocrit": 1})  # head -> dims
+    covariates: int = 0  # per-set covariates (sex, age, ...) concatenated to the embedding
     decoder_depth: int = 2  # hidden layers of the decoder MLP, as in the reference decoders
     checkpoint: bool = False  # recompute encoder blocks in backward: less memory, more time
     # (with norm="feature" the recomputation updates running statistics a second time)
@@ -87,7 +88,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        for name in ("depth", "inducing", "slots2", "decoder_depth"):
+        for name in ("depth", "inducing", "slots2", "decoder_depth", "covariates"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")

@@ -1,13 +1,16 @@
 """Decoder and heads, and ``SetModel``: the contract every set model keeps.
 
-``model(x, mask=None) -> {head: (B, out)}`` and ``model.embed(x, mask=None) -> (B, D)``.
-One encoder serves several targets: a shared decoder MLP maps the pooled embedding to a
-hidden vector, then one linear head per entry of ``config.outputs`` (regression values
-or classification logits; the loss decides which).
+``model(x, mask=None, covariates=None) -> {head: (B, out)}`` and
+``model.embed(x, mask=None) -> (B, D)``. One encoder serves several targets: a shared decoder
+MLP maps the pooled embedding, concatenated with ``config.covariates`` per-set covariates
+(sex, age, ...; ``[z, c]`` of size D + n_cov), to a hidden vector, then one linear head per
+entry of ``config.outputs`` (regression values or classification logits; the loss decides
+which). Covariates left out are zeros, the encoding of "unknown".
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -43,10 +46,24 @@ class SetModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_dim = embed_dim
-        self.decoder = Decoder(embed_dim, config.width, config.decoder_depth, config.outputs)
+        self.decoder = Decoder(embed_dim + config.covariates, config.width, config.decoder_depth, config.outputs)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        return self.decoder(self.embed(x, mask))
+    def forward(self, x: Tensor, mask: Tensor | None = None, covariates: Tensor | None = None) -> dict[str, Tensor]:
+        return self.decode(self.embed(x, mask), covariates)
+
+    def decode(self, z: Tensor, covariates: Tensor | None = None) -> dict[str, Tensor]:
+        """Heads from a set embedding ``z`` (B, D) and covariates (B, n_cov) (None: unknown)."""
+        n = self.config.covariates
+        if covariates is None:
+            if n:
+                covariates = z.new_zeros(z.shape[0], n)  # (B, n_cov): all unknown
+        elif n == 0:
+            raise ValueError("covariates: this model takes none (config.covariates = 0)")
+        elif covariates.shape != (z.shape[0], n):
+            raise ValueError(f"covariates: expected shape ({z.shape[0]}, {n}), got {tuple(covariates.shape)}")
+        if n:
+            z = torch.cat([z, covariates.to(device=z.device, dtype=z.dtype)], dim=-1)  # (B, D + n_cov)
+        return self.decoder(z)
 
     def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Pooled set embedding ``(B, embed_dim)`` (before the decoder)."""
@@ -60,5 +77,5 @@ class SetModel(nn.Module):
         c = self.config
         return (
             f"family={c.family}, depth={c.depth}, width={c.width}, norm={c.norm}, "
-            f"residual={c.residual}, outputs={c.outputs}"
+            f"residual={c.residual}, covariates={c.covariates}, outputs={c.outputs}"
         )

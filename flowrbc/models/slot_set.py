@@ -213,9 +213,9 @@ class SlotSetModel(SetModel):
             s = self.sse2(s)  # (B, K2, d): the finalised slots are the second stage's set
         return self.readout(s)
 
-    def finalize(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Head outputs from a streaming state; equal to ``model(x)`` on the whole set."""
-        return self.decoder(self.finalize_embed(state))
+    def finalize(self, state: dict[str, Tensor], covariates: Tensor | None = None) -> dict[str, Tensor]:
+        """Head outputs from a streaming state; equal to ``model(x, covariates=...)`` on the whole set."""
+        return self.decode(self.finalize_embed(state), covariates)
 
     def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
         state = self.sse.init_state(x.shape[0])

@@ -73,3 +73,17 @@ def test_embed_writes_patient_anndata(trained):
     assert adata.n_obs == 80 and adata.X.shape[1] > 0
     assert "X_umap" in adata.obsm and "pred_hematocrit" in adata.obs
     assert (root / "patients.png").is_file()
+
+
+def test_predict_sex_and_age_options(trained):
+    root, _ = trained
+    model = str(root / "runs" / "a" / "model.pt")
+    fcs = str(next((root / "fcs").glob("S*.fcs")))
+    out = runner.invoke(app, ["predict", fcs, "--model", model, "--format", "json", "--sex", "f", "--age", "40"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.stdout)[0]
+    assert row["sex"] == "F" and row["age"] == 40.0 and "covariates_unknown" not in row["qc_flags"]
+    table = runner.invoke(app, ["predict", fcs, "--model", model, "--sex", "M"])
+    assert table.exit_code == 0 and "sex, age" in table.stdout
+    bad = runner.invoke(app, ["predict", fcs, "--model", model, "--sex", "X"])
+    assert bad.exit_code == 1 and "--sex 'X': use M or F" in bad.stderr
