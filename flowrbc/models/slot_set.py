@@ -5,9 +5,13 @@ For slots :math:`S \in \mathbb{R}^{K\times h}` and a set (or one chunk of it) :m
 .. math::
     q = \mathrm{Linear}_q(\mathrm{LN}(S)),\quad k, v = \mathrm{Linear}_{k,v}(X),\quad
     a_{ik} = \sigma(k_i \cdot q_k / \sqrt{d}) + 10^{-8},\quad
-    w_{ik} = a_{ik} / \textstyle\sum_{k'} a_{ik'}
+    w_{ik} = K a_{ik} / \textstyle\sum_{k'} a_{ik'}
 
-Each element's weights sum to one over the slots, and no quantity mixes two elements, so
+Normalised over the slots, each element's weights sum to K. Algorithm 1 makes them sum to
+one; the constant factor changes neither proposition, but without it every slot starts
+(:math:`w_{ik} \approx 1/K`) with 1/K of the mean of :math:`v`, the encoder's gradients sit
+near 1e-6 and the papers' weight decay pins it there (measured). No quantity mixes two
+elements, so
 the per-element contributions :math:`c_i = w_i \otimes v_i \in \mathbb{R}^{K\times d}` can be
 aggregated over any partition of the set: :math:`\hat S = g_i(c_i)` with g in {sum, mean,
 max, min} (mean keeps a running count). Chunked and whole-set encodings are equal
@@ -19,7 +23,7 @@ construction and saved with the weights (``eval_noise``), so predictions are det
 and the K slots stay distinct (:math:`S = \mu` would make all slots equal). ``deterministic``:
 learned :math:`S`. All chunks of one set share the slots held in the streaming state.
 
-The readout trap. Because :math:`\sum_k w_{ik} = 1`, :math:`\sum_k \hat S_k = \sum_i v_i` for
+The readout trap. Because :math:`\sum_k w_{ik}` is constant, :math:`\sum_k \hat S_k \propto \sum_i v_i` for
 g = sum: summing (or averaging) the slots is plain sum pooling whatever the slots,
 queries and keys. A second SSE stage does not help (its slot sum is again linear in
 :math:`\sum_k \hat S_k`). The readout therefore maps each slot through an MLP before
@@ -109,7 +113,7 @@ class SlotSetEncoder(nn.Module):
     def weights(self, x: Tensor, q: Tensor) -> Tensor:
         """Attention normalised over slots: (B, n, D), (B, K, d) -> (B, n, K)."""
         attn = torch.sigmoid(torch.bmm(self.k(x), q.transpose(1, 2))) + 1e-8  # (B, n, K)
-        return attn / attn.sum(-1, keepdim=True)
+        return attn / attn.mean(-1, keepdim=True)  # sums to K over slots: see the module doc
 
     def update(self, state: dict[str, Tensor], x: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Fold the chunk ``x: (B, n, D)`` (``mask: (B, n)``) into the aggregate; returns the new state."""

@@ -37,10 +37,6 @@ TITLE = "reconstruct image patches from a subset of their pixels"
 _SSE = Variant("slot_set", 2, "none", "clean", (("slots", 8), ("slot_agg", "mean")), "SSE")
 _DS = Variant("deepsets", 2, "none", "none", (("pooling", "mean"),), "Deep Sets (mean)")
 
-# No weight decay: at initialisation the SSE's code barely depends on its input (gradients
-# ~1e-6, measured), and the papers' L2 of 5e-4 then outweighs them and pins the model at
-# its starting plateau. Both encoders are trained alike.
-WEIGHT_DECAY = 0.0
 
 @dataclass(frozen=True)
 class Protocol:
@@ -222,7 +218,6 @@ def run(ctx: Context) -> TaskResult:
             lr=proto.lr,
             evaluate=lambda m: {"score": mse(m, val_x, val_y)[0]},
             label=v.name(),
-            weight_decay=WEIGHT_DECAY,
         )
         with torch.no_grad():
             metric, whole = mse(model, test_x, test_y)
