@@ -125,7 +125,6 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 15) 
     if len(y) == 0:
         return math.nan
     which = np.minimum((prob * bins).astype(np.int64), bins - 1)
-    n = np.bincount(which, minlength=bins)
     gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, prob, bins))
     return float(gap.sum() / len(y))  # Σ_b n_b/n · |Σy − Σp| / n_b
 

@@ -44,8 +44,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 GENERATOR_VERSION = 1  # bump whenever the same seed would give different data
 CHANNELS = ("RBC Volume", "RBC Hb")

@@ -1,6 +1,5 @@
 """Prediction on FCS files from the simulator, with a tiny trained checkpoint."""
 
-import json
 import subprocess
 import sys
 

@@ -7,7 +7,6 @@ that ``flowrbc --help`` and ``flowrbc predict`` do not pay for unrelated heavy i
 from __future__ import annotations
 
 import contextlib
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterator, NoReturn

@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from flowrbc.errors import CohortError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 FORMAT_VERSION = 1  # of the flowrbc cohort layout inside the .h5ad
 SPLITS = ("train", "val", "test")

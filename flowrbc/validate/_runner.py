@@ -76,6 +76,27 @@ class TaskResult:
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
 
+    def add_row(
+        self, model: str, cfg: Any, metric: float, baseline: float, *, started: float,
+        judged: bool = True, paper: float | None = None, extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Record ``model`` (built from ``cfg``) scoring ``metric``; wall time since ``started``."""
+        metric, baseline = float(metric), float(baseline)
+        self.rows.append(
+            Row(
+                model=model,
+                norm=cfg.norm,
+                residual=cfg.residual,
+                depth=int(cfg.depth),
+                metric=metric,
+                baseline=baseline,
+                beats_baseline=beats(metric, baseline, self.higher_is_better) if judged else None,
+                paper=paper,
+                wall_s=time.perf_counter() - started,
+                extra=extra or {},
+            )
+        )
+
 
 def _finite(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
@@ -309,19 +330,9 @@ def train_variants(
         )
         with torch.no_grad():
             metric, extra = test(model)
-        result.rows.append(
-            Row(
-                model=v.name(),
-                norm=cfg.norm,
-                residual=cfg.residual,
-                depth=int(cfg.depth),
-                metric=float(metric),
-                baseline=float(baseline),
-                beats_baseline=beats(float(metric), float(baseline), result.higher_is_better),
-                paper=(paper or {}).get(paper_key(cfg)),
-                wall_s=time.perf_counter() - t0,
-                extra={"best_epoch": fit.best_epoch, **extra},
-            )
+        result.add_row(
+            v.name(), cfg, metric, baseline, started=t0, paper=(paper or {}).get(paper_key(cfg)),
+            extra={"best_epoch": fit.best_epoch, **extra},
         )
         ctx.unit_done(f"{label}: {metric:.4g}")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import find_data, load_digits_split, load_mnist_dir
-from flowrbc.validate._runner import Context, Row, TaskResult, Variant, beats
+from flowrbc.validate._runner import Context, TaskResult, Variant
 
 NAME = "centroids"
 TITLE = "prototypical classification: accuracy vs encoded set size"
@@ -202,18 +202,6 @@ def run(ctx: Context) -> TaskResult:
             accs = {size: accuracy(model, size, gen) for size in SET_SIZES}
         extra = {"best_epoch": fit.best_epoch}
         extra.update({f"acc@{s or 'all'}": a for s, a in accs.items()})
-        result.rows.append(
-            Row(
-                model=v.name(),
-                norm=cfg.norm,
-                residual=cfg.residual,
-                depth=int(cfg.depth),
-                metric=accs[0],
-                baseline=chance,
-                beats_baseline=beats(accs[0], chance, True),
-                wall_s=time.perf_counter() - t0,
-                extra=extra,
-            )
-        )
+        result.add_row(v.name(), cfg, accs[0], chance, started=t0, extra=extra)
         ctx.unit_done(f"{v.name()}: {accs[0]:.4g}")
     return result

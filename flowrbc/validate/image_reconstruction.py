@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import load_sample_pictures
-from flowrbc.validate._runner import Context, Row, TaskResult, Variant, beats
+from flowrbc.validate._runner import Context, TaskResult, Variant
 
 NAME = "image-reconstruction"
 TITLE = "reconstruct image patches from a subset of their pixels"
@@ -223,18 +223,9 @@ def run(ctx: Context) -> TaskResult:
             metric, whole = mse(model, test_x, test_y)
             chunked, pieces = mse(model, test_x, test_y, chunks=4)
         gap = float((whole - pieces).abs().max())
-        result.rows.append(
-            Row(
-                model=v.name(),
-                norm=cfg.norm,
-                residual=cfg.residual,
-                depth=int(cfg.depth),
-                metric=metric,
-                baseline=baseline,
-                beats_baseline=beats(metric, baseline, False),
-                wall_s=time.perf_counter() - t0,
-                extra={"best_epoch": fit.best_epoch, "mse_chunked": chunked, "max|Δ|": gap},
-            )
+        result.add_row(
+            v.name(), cfg, metric, baseline, started=t0,
+            extra={"best_epoch": fit.best_epoch, "mse_chunked": chunked, "max|Δ|": gap},
         )
         ctx.unit_done(f"{v.name()}: {metric:.4g}")
     return result

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from flowrbc.validate._runner import Context, Row, TaskResult, Variant
+from flowrbc.validate._runner import Context, TaskResult, Variant
 
 NAME = "mbc-consistency"
 TITLE = "chunked vs whole-set encoding (mini-batch consistency)"
@@ -97,18 +97,9 @@ def run(ctx: Context) -> TaskResult:
             pieces = chunked_output(model, x, bounds)["y"]
         gap = float((pieces - whole).abs().max() / whole.abs().max().clamp_min(1e-300))
         passed = gap < TOLERANCE
-        result.rows.append(
-            Row(
-                model=v.name(),
-                norm=cfg.norm,
-                residual=cfg.residual,
-                depth=int(cfg.depth),
-                metric=gap,
-                baseline=TOLERANCE,
-                beats_baseline=None,
-                wall_s=time.perf_counter() - t0,
-                extra={"MBC": "pass" if passed else "FAIL", "paper": expected},
-            )
+        result.add_row(
+            v.name(), cfg, gap, TOLERANCE, started=t0, judged=False,
+            extra={"MBC": "pass" if passed else "FAIL", "paper": expected},
         )
         ctx.unit_done(f"{v.name()}: {'pass' if passed else 'fail'}")
     return result
