@@ -238,27 +238,30 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
         return
     from rich.table import Table
 
-    table = Table()
+    cov = next((r["hematocrit_coverage"] for r in rows if r.get("hematocrit_coverage") is not None), None)
+    draws = sorted({str(r["draws"]) for r in rows})
+    how = "all cells streamed" if draws == ["all"] else f"each prediction averages {'/'.join(draws)} resampled subsets"
+    table = Table(caption=how, caption_justify="left")
     with_cov = any("sex" in r or "age" in r for r in rows)
-    for col in ("file",) + (("sex, age",) if with_cov else ()) + ("hematocrit (%)", "interval", "anemia p", "anemia",
-                                                                  "cells", "QC"):
-        table.add_column(col)
+    table.add_column("file", no_wrap=True)
+    if with_cov:
+        table.add_column("sex, age", no_wrap=True)
+    hct_head = f"Hct % ({cov:.0%} interval)" if cov is not None else "Hct %"
+    for col in (hct_head, "anemia (p)", "cells"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("QC")
     for r in rows:
         age = "?" if r.get("age") is None else f"{r['age']:g}"
         who = [f"{r.get('sex') or '?'}, {age}"] if with_cov else []
         hct = r.get("hematocrit")
         lo, hi = r.get("hematocrit_low"), r.get("hematocrit_high")
-        cov = r.get("hematocrit_coverage")
-        interval = f"{lo:.1f}–{hi:.1f} ({cov:.0%})" if lo is not None and hi is not None else "-"
         p = r.get("anemia_probability")
         table.add_row(
             Path(r["file"]).name,
             *who,
-            f"{hct:.1f}" if hct is not None else "-",
-            interval,
-            f"{p:.2f}" if p is not None else "-",
-            ("yes" if r.get("anemia") else "no") if p is not None else "-",
-            f"{r['cells_used']} ({r['draws']}×subsets)" if r["draws"] != "all" else f"{r['cells_used']} (all)",
+            "-" if hct is None else f"{hct:.1f}" if lo is None or hi is None else f"{hct:.1f} ({lo:.1f}–{hi:.1f})",
+            "-" if p is None else f"{'yes' if r.get('anemia') else 'no'} ({p:.2f})",
+            str(r["cells_used"]),
             ", ".join(r["qc_flags"]) or "ok",
         )
     console.print(table)
