@@ -70,7 +70,8 @@ def ingest(
     """Build a cohort (.h5ad) from FCS files: resolve channels, gate, QC, match clinical rows, split."""
     overrides = parse_channel_map(channel)
     with user_errors():
-        from flowrbc.io.cohort import ingest_fcs, write_cohort
+        from flowrbc.io.cohort import write_cohort
+        from flowrbc.io.ingest import ingest_fcs
 
         n_files = sum(1 for p in directory.iterdir() if p.suffix.lower() == ".fcs") if directory.is_dir() else 0
         with progress() as bar:

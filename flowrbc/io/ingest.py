@@ -1,0 +1,181 @@
+"""Build a cohort from a folder of FCS files and a clinical table (``flowrbc ingest``).
+
+Each file is read, its volume and hemoglobin channels resolved, its events gated and
+checked, and matched to a clinical row by the table's ``file`` column or by its sample id;
+a bad file is reported and skipped (or stops the ingest with ``strict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from flowrbc.errors import CohortError
+from flowrbc.io.cohort import Cohort, add_qc_columns, assign_splits
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class IngestResult:
+    cohort: Cohort
+    skipped: list[tuple[str, str]]  # (file, reason)
+    unmatched_rows: list[str]  # clinical sample ids with no FCS file
+
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def read_clinical(path) -> "pd.DataFrame":  # noqa: F821
+    """The clinical table (CSV): one row per sample with ``sample_id`` and/or ``file``;
+    optional hematocrit (%), hemoglobin (g/dL), anemia, sex (M/F), age, condition, split.
+    ``anemia`` missing but hemoglobin and sex present: derived by the WHO rule."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"sample_id": str, "file": str})
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CohortError(f"{path}: cannot read the clinical table ({exc})") from None
+    if "sample_id" not in df.columns and "file" not in df.columns:
+        raise CohortError(f"{path}: needs a 'sample_id' or 'file' column (has {', '.join(map(str, df.columns))})")
+    if "sample_id" not in df.columns:
+        df["sample_id"] = [Path(str(p)).stem for p in df["file"]]
+    if df["sample_id"].isna().any():
+        raise CohortError(f"{path}: {int(df['sample_id'].isna().sum())} rows without sample_id")
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"{path}: duplicate sample_id {dup.iloc[0]!r}")
+    if "sex" in df.columns:
+        s = df["sex"].astype(str).str.strip().str.upper().str[:1]
+        df["sex"] = s.where(s.isin(["M", "F"]), None)
+    if "anemia" in df.columns:
+        a = df["anemia"].astype(str).str.strip().str.lower()
+        bad = ~(a.isin(_TRUE | _FALSE) | df["anemia"].isna())
+        if bad.any():
+            raise CohortError(f"{path}: anemia value {df['anemia'][bad].iloc[0]!r} is not true/false/1/0")
+        vals = np.where(a.isin(_TRUE), 1.0, np.where(a.isin(_FALSE), 0.0, np.nan))
+        df["anemia"] = vals.astype(bool) if not np.isnan(vals).any() else vals
+    elif "hemoglobin" in df.columns and "sex" in df.columns:
+        thr = df["sex"].map({"M": 13.0, "F": 12.0})
+        vals = np.where(thr.isna() | df["hemoglobin"].isna(), np.nan, (df["hemoglobin"] < thr).astype(float))
+        df["anemia"] = vals.astype(bool) if not np.isnan(vals).any() else vals
+    for col in ("hematocrit", "hemoglobin", "age"):
+        if col in df.columns and df[col].dtype.kind not in "biuf":
+            raise CohortError(f"{path}: column {col!r} is not numeric")
+    return df
+
+
+def _sample_id_of(keywords: dict, path: Path) -> str:
+    for key in ("FLOWRBC_SAMPLE_ID", "$SMNO"):
+        v = keywords.get(key)
+        if v and v.strip():
+            return v.strip()
+    return path.stem
+
+
+def ingest_fcs(
+    directory,
+    clinical,
+    *,
+    channels: dict[str, str] | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    on_file: Callable[[Path, str | None], None] | None = None,
+) -> IngestResult:
+    """Build a cohort from a folder of FCS files and a clinical table.
+
+    Each ``*.fcs`` is read, its volume and hemoglobin channels resolved (``channels``
+    overrides, role -> name), gated (``pp.rbc_gate``) and matched to a clinical row by the
+    ``file`` column (base name) or else by sample id (keyword FLOWRBC_SAMPLE_ID or $SMNO,
+    else the file stem). A file that cannot be used is skipped with its reason
+    (``strict``: the first such file raises). Splits come from a ``split`` column, else
+    ``assign_splits(n, seed)``. ``on_file(path, problem_or_None)`` reports progress.
+    """
+    import pandas as pd
+
+    from flowrbc import pp
+    from flowrbc.errors import FlowrbcError
+    from flowrbc.io.channels import resolve_channels
+    from flowrbc.io.fcs import read_fcs_data
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CohortError(f"{directory}: not a directory")
+    table = read_clinical(clinical)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".fcs")
+    if not files:
+        raise CohortError(f"{directory}: no .fcs files")
+    by_file = {Path(str(f)).name: i for i, f in enumerate(table["file"])} if "file" in table.columns else {}
+    by_id = {str(s): i for i, s in enumerate(table["sample_id"])}
+
+    parts: list[np.ndarray] = []
+    rows: list[int] = []
+    used_files: list[str] = []
+    qcs: list[dict] = []
+    names: list[str] | None = None
+    skipped: list[tuple[str, str]] = []
+    for path in files:
+        problem = None
+        try:
+            data = read_fcs_data(path)
+            cols = resolve_channels(data.names, data.labels, channels)
+            row = by_file.get(path.name)
+            if row is None:
+                sid = _sample_id_of(data.keywords, path)
+                row = by_id.get(sid)
+                if row is None:
+                    raise CohortError(f"{path}: no row in the clinical table (file {path.name!r}, sample id {sid!r})")
+            if row in rows:
+                raise CohortError(f"{path}: clinical row {table['sample_id'].iloc[row]!r} already matched by another file")
+            x = data.events[:, [cols["volume"], cols["hemoglobin"]]]  # (n_events, 2)
+            qc = pp.qc_summary(x)
+            keep = pp.rbc_gate(x[:, 0], x[:, 1])
+            if not keep.any():
+                raise CohortError(f"{path}: no event passes the RBC gate ({len(x)} events)")
+        except (FlowrbcError, OSError) as exc:
+            problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            if strict:
+                raise CohortError(problem) from None
+            skipped.append((str(path), problem))
+        else:
+            if names is None:
+                names = [data.names[cols["volume"]], data.names[cols["hemoglobin"]]]
+            parts.append(np.ascontiguousarray(x[keep], dtype=np.float32))
+            rows.append(row)
+            used_files.append(path.name)
+            qcs.append(qc)
+        if on_file is not None:
+            on_file(path, problem)
+    if not parts:
+        raise CohortError(f"{directory}: no usable FCS file ({len(skipped)} skipped)")
+
+    samples = table.iloc[rows].copy()
+    samples["file"] = used_files
+    samples = samples.set_index("sample_id")
+    samples.index = samples.index.astype(str)
+    counts = np.array([len(p) for p in parts], dtype=np.int64)
+    samples["n_cells"] = counts
+    qc_df = pd.DataFrame(qcs, index=samples.index)
+    for k in ("n_events", "n_gated", "n_nonfinite"):  # counted on the raw events
+        samples[k] = qc_df[k].to_numpy()
+    X = np.concatenate(parts)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    add_qc_columns(samples, X, offsets)
+    if "split" in samples.columns and samples["split"].notna().all():
+        samples["split"] = samples["split"].astype(str).str.strip().str.lower()
+    else:
+        samples["split"] = assign_splits(len(samples), seed)
+    used = set(rows)
+    unmatched = [str(s) for i, s in enumerate(table["sample_id"]) if i not in used]
+    cohort = Cohort(X=X, offsets=offsets, samples=samples, channels=names,
+                    roles={"volume": names[0], "hemoglobin": names[1]}, source=str(directory))
+    return IngestResult(cohort=cohort, skipped=skipped, unmatched_rows=unmatched)
+
