@@ -4,7 +4,7 @@ Each task lives in its own module (``normal_var``, ``digits_var``, ``point_cloud
 ``set_anomaly``, ``hematocrit`` (tasks ``hematocrit`` and ``anemia``),
 ``image_reconstruction``, ``centroids``, ``mbc_consistency``), states its data source and
 protocol, and returns a ``TaskResult``. The runner (``_runner``) holds the registry, the
-glue to ``flowrbc.train.fit`` and the result tables.
+glue to ``flowrbc.fit.fit`` and the result tables.
 """
 
 from flowrbc.validate._runner import (

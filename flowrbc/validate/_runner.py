@@ -2,7 +2,7 @@
 
 Every task module (``normal_var.py`` …) exposes ``NAME``, ``TITLE`` and
 ``run(ctx: Context) -> TaskResult`` (``hematocrit.py`` also ``run_anemia``). A task trains each of its model variants with
-``flowrbc.train.fit`` (through ``Context.train``), scores them on held-out data next to a
+``flowrbc.fit.fit`` (through ``Context.train``), scores them on held-out data next to a
 trivial baseline (mean predictor, majority class or chance), and, where its protocol is the
 paper's, shows the paper's figure beside ours.
 
@@ -225,7 +225,7 @@ class Context:
 
     @property
     def torch_device(self):
-        from flowrbc.train import resolve_device
+        from flowrbc.fit import resolve_device
 
         return resolve_device(self.device)
 
@@ -254,9 +254,9 @@ class Context:
         weight_decay: float = 5e-4,
         grad_clip: float | None = None,
     ):
-        """Train with ``flowrbc.train.fit``: ``steps`` batches of ``sample(generator)`` per
+        """Train with ``flowrbc.fit.fit``: ``steps`` batches of ``sample(generator)`` per
         epoch; the best weights on ``evaluate`` (if given) are loaded back. Returns FitResult."""
-        from flowrbc.train import FitConfig, fit, load_best
+        from flowrbc.fit import FitConfig, fit, load_best
 
         def batches(epoch: int, generator) -> Iterator[Any]:
             for _ in range(steps):
