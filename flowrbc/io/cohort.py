@@ -457,19 +457,25 @@ def _read_elem(obj):
     return read_elem(obj)
 
 
+def open_hdf5(path: Path, kind: str = "HDF5"):
+    """``h5py.File(path, "r")``, with a one-line CohortError for a missing or non-HDF5 file."""
+    import h5py
+
+    if not path.exists():
+        raise CohortError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise CohortError(f"{path}: not an {kind} file ({exc})") from None
+
+
 def read_cohort(path) -> Cohort:
     """Read a cohort .h5ad: the fast h5py path for files from ``write_cohort``; other .h5ad
     files (cells with ``obs["sample_id"]``) go through anndata and ``Cohort.from_anndata``."""
     import h5py
 
     path = Path(path)
-    if not path.exists():
-        raise CohortError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CohortError(f"{path}: not an HDF5/.h5ad file ({exc})") from None
-    with f:
+    with open_hdf5(path, "HDF5/.h5ad") as f:
         if "uns" not in f or "offsets" not in f["uns"] or "samples" not in f["uns"]:
             fast = False
         else:

@@ -40,20 +40,13 @@ def import_flowrbc_h5(path, *, max_samples: int | None = None, seed: int = 0, on
     ones). ``on_chunk(n_done, n_total)`` reports progress. Bad layout: ``CohortError``
     naming the file and the problem.
     """
-    import h5py
     import pandas as pd
 
-    from flowrbc.io.cohort import Cohort, add_qc_columns
+    from flowrbc.io.cohort import Cohort, add_qc_columns, open_hdf5
     from flowrbc.simulate import CHANNELS
 
     path = Path(path)
-    if not path.exists():
-        raise CohortError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CohortError(f"{path}: not an HDF5 file ({exc})") from None
-    with f:
+    with open_hdf5(path) as f:
         sizes = {part: _check_layout(f, path, part) for part in ("train", "test")}
         take = {p: n if max_samples is None else min(n, max_samples) for p, (n, _) in sizes.items()}
         total_cells = sum(take[p] * sizes[p][1] for p in take)
