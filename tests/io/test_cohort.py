@@ -143,3 +143,15 @@ def test_default_cohort_is_cached(tmp_path, monkeypatch):
     path.write_bytes(b"corrupt")  # an unreadable cache is regenerated
     third = load_default_cohort(12, 60, 0)
     np.testing.assert_array_equal(third.X, first.X)
+
+
+def test_io_package_exports_the_public_readers():
+    import flowrbc.io as io
+    from flowrbc.io.cohort import read_cohort, write_cohort
+    from flowrbc.io.fcs import read_fcs, write_fcs
+
+    assert (io.read_fcs, io.write_fcs, io.read_cohort, io.write_cohort) == (
+        read_fcs, write_fcs, read_cohort, write_cohort,
+    )
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        io.nonsense
