@@ -1,9 +1,7 @@
 """Checkpoint -> predictions for FCS files: hematocrit ± conformal interval, calibrated anemia
 probability, QC flags. The fast path: numpy, torch and flowrbc's numpy-only readers; never
-anndata, scanpy, scikit-learn, pandas or matplotlib.
-
-Also the model-input pieces training shares with prediction: the feature scaler, set drawing
-from one cell matrix + offsets on the device, and R-draw averaged set predictions.
+anndata, scanpy, scikit-learn, pandas or matplotlib. The model inputs it shares with
+training live in ``flowrbc.inputs``.
 """
 
 from __future__ import annotations
@@ -11,120 +9,16 @@ from __future__ import annotations
 import glob
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from flowrbc.errors import ChannelError, CheckpointError, FlowrbcError
-
-DRAWS = 10  # resampled cell subsets averaged per sample at prediction and test time
-LOG_FLOOR = 1e-3  # log(max(x, floor)): volumes/contents are positive; guards zeros
-
-
-# ----------------------------------------------------------------------------- model inputs
-
-
-@dataclass
-class FeatureScaler:
-    """x' = (log(max(x, floor)) − mean) / std per feature, statistics from training cells."""
-
-    mean: list[float]
-    std: list[float]
-    log: list[bool]
-
-    @classmethod
-    def fit(cls, x: np.ndarray, log: Sequence[bool], max_rows: int = 2_000_000) -> "FeatureScaler":
-        step = max(1, len(x) // max_rows)  # strided subsample: statistics, not every cell
-        z = cls._log(np.asarray(x[::step], np.float64), list(log))
-        std = z.std(axis=0)
-        return cls(mean=z.mean(axis=0).tolist(), std=np.where(std > 0, std, 1.0).tolist(), log=list(log))
-
-    @staticmethod
-    def _log(x: np.ndarray, log: list[bool]) -> np.ndarray:
-        x = np.array(x, dtype=np.float64, copy=True)
-        for j, flag in enumerate(log):
-            if flag:
-                x[:, j] = np.log(np.maximum(x[:, j], LOG_FLOOR))
-        return x
-
-    def transform(self, x: np.ndarray, block: int = 1 << 22) -> np.ndarray:
-        """(n, C) raw -> (n, C) float32 scaled, in row blocks (bounded temporaries)."""
-        out = np.empty(x.shape, dtype=np.float32)
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
-        for lo in range(0, len(x), block):
-            out[lo : lo + block] = (self._log(x[lo : lo + block], self.log) - mean) / std
-        return out
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "log": list(self.log)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FeatureScaler":
-        return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]], [bool(v) for v in d["log"]])
-
-
-def draw_sets(X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor, cells: int,
-              generator: torch.Generator) -> torch.Tensor:
-    """``cells`` cells drawn uniformly with replacement from each sample in ``idx``.
-
-    Cell j of sample s is row offsets[s] + ⌊u · n_s⌋ with u ~ U[0, 1): one gather for the
-    batch, on X's device. X (n_cells, C), offsets (S + 1,), idx (B,) -> (B, cells, C).
-    """
-    start = offsets[idx]  # (B,)
-    n = offsets[idx + 1] - start  # (B,)
-    u = torch.rand(len(idx), cells, generator=generator, device=X.device)  # (B, N)
-    rows = start[:, None] + torch.minimum((u * n[:, None]).long(), n[:, None] - 1)  # (B, N)
-    return X[rows]  # (B, N, C)
-
-
-def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """Model heads -> target units: regression de-standardised, classification kept as logits."""
-    out = {}
-    for name, spec in targets.items():
-        value = raw[name].float().squeeze(-1)  # (B,)
-        if spec["kind"] == "regression":
-            value = value * spec["std"] + spec["mean"]
-        out[name] = value
-    return out
-
-
-@torch.no_grad()
-def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
-                 targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
-                 batch_size: int = 64, covariates: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Average over ``draws`` resampled sets per sample: regression values in target units,
-    classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)
-
-    ``covariates`` (len(idx), k): encoded per-sample covariates, row i for sample idx[i]
-    (None: unknown, or a model without covariates)."""
-    model.eval()
-    generator = torch.Generator(device=X.device)
-    generator.manual_seed(seed)
-    idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
-    cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32).to(X.device)
-    sums = {name: torch.zeros(len(idx_t), device=X.device) for name in targets}
-    for _ in range(draws):
-        for lo in range(0, len(idx_t), batch_size):
-            batch = idx_t[lo : lo + batch_size]
-            x = draw_sets(X, offsets, batch, cells, generator)
-            extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
-            with _autocast(X.device):
-                decoded = decode_outputs(model(x, **extra), targets)
-            for name, value in decoded.items():
-                sums[name][lo : lo + batch_size] += value
-    return {name: (s / draws).cpu().numpy().astype(np.float64) for name, s in sums.items()}
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()
-
+from flowrbc.inputs import DRAWS, FeatureScaler, decode_outputs, draw_sets, predict_sets  # noqa: F401 (shared)
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -287,7 +181,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
     cells = raw[keep]
     if len(cells) == 0:
         raise FlowrbcError(f"{path}: no events pass the RBC gate ({data.events.shape[0]} events)")
-    out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)))
+    out = Prediction(file=str(path), n_events=len(raw), cells_used=len(cells))
     out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()))
     cov, unknown = None, False
     if model.covariates is not None and model.covariates.names:

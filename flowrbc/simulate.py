@@ -106,14 +106,17 @@ class SimulatedCohort:
 
     ``cells``: float32 (total_cells, 2) columns [volume fL, hemoglobin pg];
     ``offsets``: int64 (n_patients + 1,), patient i owns ``cells[offsets[i]:offsets[i+1]]``;
-    ``samples``: one row per patient (see ``simulate_cohort``); ``oracle``: best achievable
-    errors from the latent parameters the cells reveal.
+    ``samples``: one row per patient (see ``simulate_cohort``); ``bound``: the best errors
+    achievable from the cells plus sex and age (``flowrbc.bound``), with the latent oracle's
+    beside them for contrast; ``populations``: each patient's exact population parameters
+    (``w, M, C, cv, cc``, (n, 4) each: what infinitely many cells reveal).
     """
 
     cells: np.ndarray
     offsets: np.ndarray
-    samples: "pd.DataFrame"  # noqa: F821
-    oracle: dict
+    samples: pd.DataFrame
+    bound: dict
+    populations: dict
 
     @property
     def n_patients(self) -> int:
@@ -290,10 +293,13 @@ def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> S
 
     ``samples`` columns: sample_id, sex ("M"/"F"), age, condition, severity, hematocrit (%),
     hemoglobin (g/dL), rbc_count (10^12/L), mcv, mch, mchc, rdw, hdw, chdw, retic_fraction,
-    anemia (bool), oracle_hematocrit and oracle_hematocrit_sd (the conditional mean and SD of
-    the hematocrit given everything the cells reveal).
+    anemia (bool); bound_hematocrit, bound_hematocrit_sd and bound_anemia_probability: the
+    posterior mean and SD of the hematocrit and the probability of anemia given the patient's
+    cell population (infinitely many cells), sex and age (``flowrbc.bound``).
     """
     import pandas as pd
+
+    from flowrbc.bound import cell_bound
 
     if n_patients < 1 or n_cells < 1:
         raise ValueError(f"n_patients and n_cells must be >= 1 (got {n_patients}, {n_cells})")
@@ -334,41 +340,41 @@ def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> S
             **{key: idx[key] for key in ("mcv", "mch", "mchc", "rdw", "hdw", "chdw")},
             "retic_fraction": p["retic"],
             "anemia": hb < threshold,
-            "oracle_hematocrit": p["rbc_mean"] * idx["mcv"] / 10,
-            "oracle_hematocrit_sd": p["rbc_sd"] * idx["mcv"] / 10,
         }
     )
-    oracle = _oracle(samples, p["rbc_mean"], p["rbc_sd"], idx["mch"], threshold)
+    populations = {key: p[key] for key in ("w", "M", "C", "cv", "cc")}
+    post = cell_bound(populations, p["sex"], p["age"], threshold)
+    for key, value in post.items():
+        samples[f"bound_{key}"] = value
+    bound = _bound_summary(samples, p["rbc_sd"] * idx["mcv"] / 10, p["rbc_mean"], p["rbc_sd"], idx["mch"], threshold)
     offsets = np.arange(n_patients + 1, dtype=np.int64) * n_cells
-    return SimulatedCohort(cells=cells, offsets=offsets, samples=samples, oracle=oracle)
+    return SimulatedCohort(cells=cells, offsets=offsets, samples=samples, bound=bound, populations=populations)
 
 
-def _oracle(samples, rbc_mean, rbc_sd, mch, threshold) -> dict:
-    """Best achievable errors when every latent parameter the cells reveal is known.
+def _bound_summary(samples, latent_sd, rbc_mean, rbc_sd, mch, threshold) -> dict:
+    """Cohort-level figures of the cell bound (``bound_*``) and, for contrast, of the latent
+    oracle (``latent_*``), which also knows the latents the cells do not reveal (a disease's
+    severity where the population shows it only combined with the patient's healthy MCV):
+    no predictor of the cells can reach the latter.
 
-    Given those, Hct = RBC * MCV / 10 with RBC ~ N(rbc_mean, rbc_sd^2), so the best
-    prediction is E[Hct] and its expected squared error is sd_hct^2 = (rbc_sd MCV / 10)^2;
-    expected absolute error sd_hct sqrt(2/pi). Anemia: P(Hb < t) = Phi((t - E[Hb]) / sd_hb);
-    the Bayes rule predicts the likelier class and is right with prob. max(P, 1 - P).
-    (Finite cells estimate the latent parameters with some noise, so these are lower bounds.)
+    Bound MSE = mean posterior variance (its expected value), ``_realized`` = the error of
+    the posterior mean on these patients; anemia accuracy = mean of max(P, 1 − P).
     """
-    sd = samples["oracle_hematocrit_sd"].to_numpy()
-    err = samples["hematocrit"].to_numpy() - samples["oracle_hematocrit"].to_numpy()
-    hb_mean = rbc_mean * mch / 10
-    hb_sd = rbc_sd * mch / 10
-    p_anemia = _norm_cdf((threshold - hb_mean) / hb_sd)
+    p = samples["bound_anemia_probability"].to_numpy()
+    err = samples["hematocrit"].to_numpy() - samples["bound_hematocrit"].to_numpy()
+    p_latent = _norm_cdf((threshold - rbc_mean * mch / 10) / (rbc_sd * mch / 10))
     return {
-        "hematocrit_mse": float(np.mean(sd**2)),
-        "hematocrit_rmse": float(math.sqrt(np.mean(sd**2))),
-        "hematocrit_mae": float(np.mean(sd) * math.sqrt(2 / math.pi)),
-        "hematocrit_mse_realized": float(np.mean(err**2)),
-        "hematocrit_mae_realized": float(np.mean(np.abs(err))),
-        "anemia_accuracy": float(np.mean(np.maximum(p_anemia, 1 - p_anemia))),
-        "anemia_accuracy_realized": float(np.mean((p_anemia > 0.5) == samples["anemia"].to_numpy())),
+        "bound_hematocrit_mse": float(np.mean(samples["bound_hematocrit_sd"].to_numpy() ** 2)),
+        "bound_hematocrit_mse_realized": float(np.mean(err**2)),
+        "bound_hematocrit_mae_realized": float(np.mean(np.abs(err))),
+        "bound_anemia_accuracy": float(np.mean(np.maximum(p, 1 - p))),
+        "bound_anemia_accuracy_realized": float(np.mean((p > 0.5) == samples["anemia"].to_numpy())),
+        "latent_hematocrit_mse": float(np.mean(latent_sd**2)),
+        "latent_anemia_accuracy": float(np.mean(np.maximum(p_latent, 1 - p_latent))),
     }
 
 
-def summary_table(samples: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Per-condition summary: n, share, mean Hct, Hb, MCV, MCH, RDW, anemia rate."""
     g = samples.groupby("condition", sort=False)
     out = g.agg(
@@ -419,7 +425,7 @@ def write_simulated(out_dir, n_patients: int, n_cells: int = 1000, seed: int = 0
                          keywords=keywords)
         if on_file is not None:
             on_file(i, path)
-    table = samples.drop(columns=["oracle_hematocrit", "oracle_hematocrit_sd"])
+    table = samples.drop(columns=[c for c in samples.columns if c.startswith("bound_")])
     table.insert(1, "file", files)
     clinical = out / "clinical.csv"
     tmp = clinical.with_name(clinical.name + ".tmp")

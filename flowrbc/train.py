@@ -4,15 +4,16 @@ Run commands::
 
     flowrbc train                                   # built-in synthetic cohort, CPU or GPU
     flowrbc train cohort.h5ad --model deepsets++ --depth 50 --target hematocrit --target anemia
-    torchrun --nproc_per_node 4 -m flowrbc.train cohort.h5ad --epochs 100   # data parallel
+    torchrun --nproc_per_node 4 -m flowrbc train cohort.h5ad --epochs 100   # data parallel
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -33,6 +34,7 @@ class TrainConfig:
     width: int = 64  # hidden size; 128 in the papers, 64 keeps CPU epochs short
     norm: str | None = None  # None: the family's default
     residual: str | None = None  # None: the family's default
+    inducing: int | None = None  # set_transformer families: ISAB inducing points (None: 32; 0: full attention)
     targets: tuple[str, ...] = ("hematocrit", "anemia")
     covariates: tuple[str, ...] | None = None  # None: sex and age where the cohort has them; (): none
     covariate_dropout: float = 0.2  # share of training sets whose each covariate reads "unknown"
@@ -60,7 +62,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = set(cls.__dataclass_fields__)
         tuples = ("targets", "milestones", "covariates")
         return cls(**{k: (tuple(v) if k in tuples and v is not None else v) for k, v in d.items() if k in known})
@@ -148,7 +150,7 @@ class _CohortData:
     def __init__(self, cohort, config: TrainConfig, device: torch.device):
         import numpy as np
 
-        from flowrbc.predict import FeatureScaler
+        from flowrbc.inputs import FeatureScaler
 
         self.roles = ("volume", "hemoglobin")
         cols = cohort.role_columns(self.roles)
@@ -222,28 +224,25 @@ def _qc_reference(data: _CohortData) -> tuple[dict, dict]:
     return ranges, moments
 
 
-def _moments_all(data: _CohortData):
-    from flowrbc.metrics import moment_features
-
-    return moment_features(data.raw[:, 0], data.raw[:, 1], data.offsets_np)
-
-
-def _oracle(samples, test_idx) -> dict[str, dict[str, float]]:
-    """The generator's oracle on the test split (synthetic cohorts only): its best prediction
-    given the patient's sex and every latent parameter the cells reveal (a lower bound; the
-    cells alone do not reveal sex)."""
+def _bound(samples, idx) -> dict[str, dict[str, float]]:
+    """The cell bound on the samples ``idx`` (synthetic cohorts only, ``flowrbc.bound``): the
+    best prediction from the patient's cell population (infinitely many cells), sex and age.
+    ``mse`` is its expected error (mean posterior variance), ``mse_realized`` its error on
+    these patients; for anemia the Bayes probability's accuracy, AUROC and Brier score."""
     import numpy as np
 
+    from flowrbc.metrics import classification_metrics, regression_metrics
+
     out: dict[str, dict[str, float]] = {}
-    if {"oracle_hematocrit", "oracle_hematocrit_sd", "hematocrit"} <= set(samples.columns):
-        t = samples.iloc[test_idx]
-        err = t["hematocrit"].to_numpy(float) - t["oracle_hematocrit"].to_numpy(float)
-        sd = t["oracle_hematocrit_sd"].to_numpy(float)
-        out["hematocrit"] = {"mse": float(np.mean(sd**2)), "mse_realized": float(np.mean(err**2)),
-                             "mae_realized": float(np.mean(np.abs(err)))}
-    whole = samples.attrs.get("oracle") or {}
-    if "anemia_accuracy" in whole:
-        out["anemia"] = {"accuracy": float(whole["anemia_accuracy"]), "scope": "whole cohort"}
+    t = samples.iloc[idx]
+    if {"bound_hematocrit", "bound_hematocrit_sd", "hematocrit"} <= set(t.columns):
+        m = regression_metrics(t["hematocrit"].to_numpy(float), t["bound_hematocrit"].to_numpy(float))
+        out["hematocrit"] = {"mse": float(np.mean(t["bound_hematocrit_sd"].to_numpy(float) ** 2)),
+                             "mse_realized": m["mse"], "mae": m["mae"], "r2": m["r2"]}
+    if {"bound_anemia_probability", "anemia"} <= set(t.columns):
+        p = t["bound_anemia_probability"].to_numpy(float)
+        out["anemia"] = dict(classification_metrics(t["anemia"].to_numpy(float), p),
+                             accuracy_expected=float(np.mean(np.maximum(p, 1 - p))))
     return out
 
 
@@ -264,13 +263,18 @@ def train_cohort(
     on_epoch_end: Callable[[FitState], None] | None = None,
     log: Callable[[str], None] | None = None,
     plots: bool = True,
+    fresh=None,
 ) -> TrainResult:
     """Train a set model on ``cohort`` (flowrbc.io.cohort.Cohort) and write the run.
+
+    ``fresh``: an independent cohort (same channels) that is scored once at the end, never
+    used for any choice (``metrics["fresh"]``); for the built-in cohort, the CLI passes a
+    fresh synthetic cohort of another seed.
 
     Validation chooses the weights (once per epoch, fixed draws); then the validation split
     fits the calibration (conformal hematocrit interval, anemia temperature), and the test
     split is evaluated once, beside the moment-feature baseline and (synthetic cohorts) the
-    generator's oracle. ``out_dir`` receives model.pt, last.pt (for ``resume``),
+    cell bound. ``out_dir`` receives model.pt, last.pt (for ``resume``),
     metrics.json and plots; ``runs/latest`` points at it. Under torchrun every rank trains on
     its own draws and only rank 0 writes.
     """
@@ -279,15 +283,21 @@ def train_cohort(
         if config.threads and resolve_device(config.device).type == "cpu":
             torch.set_num_threads(config.threads)
         return _train_cohort(cohort, config, out_dir, resume=resume, progress=progress,
-                             on_epoch_end=on_epoch_end, log=log, plots=plots)
+                             on_epoch_end=on_epoch_end, log=log, plots=plots, fresh=fresh)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_epoch_end, log, plots) -> TrainResult:
+def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_epoch_end, log, plots,
+                  fresh) -> TrainResult:
     from pathlib import Path
 
-    from flowrbc.checkpoint import load_resume_state, save_checkpoint, save_resume_state, update_latest
+    from flowrbc.checkpoint import (
+        load_resume_state,
+        save_checkpoint,
+        save_resume_state,
+        update_latest,
+    )
     from flowrbc.models import ModelConfig, build_model
 
     t_start = time.perf_counter()
@@ -322,6 +332,7 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model_config = ModelConfig(family=config.model, in_features=len(data.roles), depth=config.depth,
                                width=config.width, norm=config.norm, residual=config.residual,
+                               inducing=config.inducing,
                                covariates=len(data.covariates.names), outputs={name: 1 for name in data.specs})
     model = build_model(model_config).to(device)
     net = model
@@ -406,15 +417,15 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     if rank != 0:
         return TrainResult(run_dir, {}, result.history, result.best_epoch)
     say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
-    metrics, calibration, arrays = _finish(model, data, config, cohort)
+    metrics, calibration, arrays = _finish(model, data, config, cohort, fresh)
     ranges, moments = _qc_reference(data)
     metrics.update(best_epoch=result.best_epoch, epochs=config.epochs, cohort=cohort.source,
-                   n={k: int(len(v)) for k, v in data.split.items()},
+                   n={k: len(v) for k, v in data.split.items()},
                    wall_time_s=time.perf_counter() - t_start, device=str(device), world_size=world)
     save_checkpoint(run_dir / "model.pt", dict(meta, state_dict=result.best_state, complete=True,
                                                best_epoch=result.best_epoch, calibration=calibration,
                                                feature_ranges=ranges, moments=moments,
-                                               metrics=_finite(metrics["test"])))
+                                               metrics=_finite(metrics.get("test", {}))))
     _write_reports(run_dir, metrics, result.history, arrays if plots else None)
     update_latest(run_dir)
     return TrainResult(run_dir, metrics, result.history, result.best_epoch)
@@ -430,7 +441,7 @@ def covariate_dropout(cov: torch.Tensor, p: float, generator: torch.Generator) -
 
 
 def draw_sets_(data: _CohortData, idx: torch.Tensor, cells: int, generator: torch.Generator) -> torch.Tensor:
-    from flowrbc.predict import draw_sets
+    from flowrbc.inputs import draw_sets
 
     return draw_sets(data.X, data.offsets, idx, cells, generator)
 
@@ -454,87 +465,180 @@ def _finite(obj):
     return obj
 
 
-def _finish(model, data: _CohortData, config: TrainConfig, cohort):
-    """Calibrate on validation, evaluate model / baseline / oracle on test.
+def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
+    """Calibrate on validation; score model, moment baseline and (synthetic) bound on test
+    and on the ``fresh`` cohort (an independent cohort never used for any choice), each
+    comparison of model and baseline as a paired difference with its SE.
 
     With covariates the model is also calibrated and tested with every covariate unknown
     (``calibration[target]["covariates_unknown"]``, ``test["model_covariates_unknown"]``):
     prediction uses that calibration when a request lacks them."""
     import numpy as np
 
-    from flowrbc.predict import predict_sets
-
     val, test = data.split["val"], data.split["test"]
-    kw = dict(cells=config.cells, draws=config.draws, seed=config.seed + 2, batch_size=config.batch_size)
     has_cov = len(data.covariates.names) > 0
+    inputs = _Inputs.of(data)
 
-    def run(idx, known: bool):
-        cov = data.cov[torch.as_tensor(idx, device=data.cov.device)] if has_cov and known else None
-        return predict_sets(model, data.X, data.offsets, idx, data.specs, covariates=cov, **kw)
+    def run(src: _Inputs, idx, known: bool = True):
+        return src.predict(model, idx, data.specs, config, known=known and has_cov)
 
-    calibration, test_metrics, arrays = _calibrate_and_test(data, config, run(val, True),
-                                                             run(test, True) if len(test) else None)
-    test_metrics = {"model": test_metrics, "baseline": {}, "oracle": {}}
+    calibration = _calibrate(data, config, run(inputs, val))
+    metrics: dict[str, Any] = {"calibration": calibration}
+    arrays: dict[str, Any] = {}
     if has_cov:
-        cal_u, test_u, _ = _calibrate_and_test(data, config, run(val, False), run(test, False) if len(test) else None)
-        for name, cal in cal_u.items():
+        for name, cal in _calibrate(data, config, run(inputs, val, known=False)).items():
             calibration[name]["covariates_unknown"] = cal
-        test_metrics["model_covariates_unknown"] = test_u
+    if not len(test) and fresh is None:
+        return metrics, calibration, arrays
+    baseline = _fit_baseline(data, inputs, config)
     if len(test):
-        from flowrbc.metrics import classification_metrics, fit_moment_baseline, regression_metrics
-
-        F, names = _moments_all(data)
-        F = np.concatenate([F, data.cov_raw], axis=1)  # the same covariates, NaN = unknown
-        names = names + [f"covariate_{n}" for n in data.covariates.names]
-        train_mask = np.isin(np.arange(len(F)), data.split["train"])
-        val_mask = np.isin(np.arange(len(F)), val)
-        baseline = fit_moment_baseline(F, data.truth, train_mask, val_mask, names, seed=config.seed)
-        pb = baseline.predict(F[test])
-        for name, spec in data.specs.items():
-            yt = data.truth[name][test]
-            ok = np.isfinite(yt)
-            if spec["kind"] == "regression":
-                test_metrics["baseline"][name] = regression_metrics(yt[ok], pb[name][ok])
-            else:
-                test_metrics["baseline"][name] = classification_metrics(yt[ok], pb[name][ok])
-        test_metrics["oracle"] = _oracle(cohort.samples, test)
-    return {"test": test_metrics, "calibration": calibration}, calibration, arrays
+        metrics["test"] = _score(data, config, calibration, inputs, test, run(inputs, test), baseline, cohort.samples)
+        arrays = metrics["test"].pop("_arrays")
+        if has_cov:
+            unknown = _score(data, config, calibration, inputs, test, run(inputs, test, known=False), None, None,
+                             covariates_unknown=True)
+            metrics["test"]["model_covariates_unknown"] = unknown["model"]
+            unknown.pop("_arrays")
+    if fresh is not None:
+        ext = _Inputs.external(data, fresh)
+        everyone = np.arange(ext.n)
+        metrics["fresh"] = _score(data, config, calibration, ext, everyone, run(ext, everyone), baseline,
+                                  fresh.samples)
+        metrics["fresh"].pop("_arrays")
+        metrics["fresh"]["cohort"] = fresh.source
+    return metrics, calibration, arrays
 
 
-def _calibrate_and_test(data: _CohortData, config: TrainConfig, pv: dict, pt: dict | None):
-    """Validation predictions ``pv`` -> calibration; test predictions ``pt`` -> metrics."""
+@dataclass
+class _Inputs:
+    """What the model and the baseline read for a set of samples: scaled cells on the device
+    with offsets, encoded covariates (model), moment features + raw covariates (baseline)
+    and the labels. ``of`` wraps the training cohort; ``external`` scales another cohort
+    with the training run's scaler and covariate statistics."""
+
+    X: torch.Tensor  # (n_cells, C) scaled
+    offsets: torch.Tensor  # (n + 1,)
+    cov: torch.Tensor  # (n, k) encoded, 0 = unknown
+    raw: Any  # (n_cells, C) unscaled, for the moment features
+    offsets_np: Any
+    cov_raw: Any  # (n, k) NaN = unknown
+    truth: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return len(self.offsets_np) - 1
+
+    @classmethod
+    def of(cls, data: _CohortData) -> _Inputs:
+        return cls(data.X, data.offsets, data.cov, data.raw, data.offsets_np, data.cov_raw, data.truth)
+
+    @classmethod
+    def external(cls, data: _CohortData, cohort) -> _Inputs:
+        import numpy as np
+
+        raw = cohort.X[:, cohort.role_columns(data.roles)]
+        device = data.X.device
+        cov_raw = data.covariates.raw(cohort.samples)
+        truth = {name: cohort.samples[name].to_numpy(dtype=np.float64, na_value=np.nan) for name in data.specs}
+        return cls(torch.from_numpy(data.scaler.transform(raw)).to(device),
+                   torch.from_numpy(np.ascontiguousarray(cohort.offsets)).to(device),
+                   torch.from_numpy(data.covariates.encode_raw(cov_raw)).to(device),
+                   raw, cohort.offsets, cov_raw, truth)
+
+    def predict(self, model, idx, specs, config: TrainConfig, known: bool) -> dict:
+        from flowrbc.inputs import predict_sets
+
+        cov = self.cov[torch.as_tensor(idx, device=self.cov.device)] if known else None
+        return predict_sets(model, self.X, self.offsets, idx, specs, covariates=cov, cells=config.cells,
+                            draws=config.draws, seed=config.seed + 2, batch_size=config.batch_size)
+
+    def baseline_features(self):
+        import numpy as np
+
+        from flowrbc.metrics import moment_features
+
+        F, names = moment_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
+        return np.concatenate([F, self.cov_raw], axis=1), names  # the same covariates, NaN = unknown
+
+
+def _fit_baseline(data: _CohortData, inputs: _Inputs, config: TrainConfig):
+    """Gradient boosting on the moment features + covariates, fitted on train, chosen on val."""
     import numpy as np
 
-    from flowrbc.calibration import calibrated_probability, fit_conformal, fit_temperature, interval_coverage
+    from flowrbc.metrics import fit_moment_baseline
+
+    F, names = inputs.baseline_features()
+    names = names + [f"covariate_{n}" for n in data.covariates.names]
+    rows = np.arange(len(F))
+    return fit_moment_baseline(F, data.truth, np.isin(rows, data.split["train"]), np.isin(rows, data.split["val"]),
+                               names, seed=config.seed)
+
+
+def _calibrate(data: _CohortData, config: TrainConfig, pv: dict) -> dict[str, dict]:
+    """Validation predictions ``pv`` -> conformal interval (regression), temperature (binary)."""
+    import numpy as np
+
+    from flowrbc.calibration import fit_conformal, fit_temperature
+
+    val = data.split["val"]
+    calibration: dict[str, dict] = {}
+    for name, spec in data.specs.items():
+        yv = data.truth[name][val]
+        ok = np.isfinite(yv)
+        if spec["kind"] == "regression":
+            cal = fit_conformal(pv[name][ok], yv[ok], config.coverage)
+            residuals = np.sort(np.abs(pv[name][ok] - yv[ok]))
+            calibration[name] = dict(cal.to_dict(), residuals=residuals.tolist())  # any --coverage later
+        else:
+            calibration[name] = {"temperature": fit_temperature(pv[name][ok], yv[ok]), "n": int(ok.sum()),
+                                 "threshold": 0.5}
+    return calibration
+
+
+def _score(data: _CohortData, config: TrainConfig, calibration: dict, inputs: _Inputs, idx, pred: dict,
+           baseline, samples, covariates_unknown: bool = False) -> dict[str, Any]:
+    """Model (calibrated) against the baseline and the bound on samples ``idx`` of ``inputs``:
+    ``{"n", "model", "baseline", "bound", "paired": {target: {metric: {diff, se, n}}}}``
+    (paired diff = model − baseline per patient), plus ``_arrays`` for the plots."""
+    import numpy as np
+
+    from flowrbc.calibration import ConformalInterval, calibrated_probability, interval_coverage
+    from flowrbc.evaluation import compare, standard_errors
     from flowrbc.metrics import classification_metrics, regression_metrics
 
-    val, test = data.split["val"], data.split["test"]
-    calibration: dict[str, dict] = {}
-    metrics: dict[str, dict] = {}
-    arrays: dict[str, Any] = {}
+    out: dict[str, Any] = {"n": len(idx), "model": {}, "baseline": {}, "bound": {}, "paired": {}, "_arrays": {}}
+    pb = None
+    if baseline is not None:
+        F, _ = inputs.baseline_features()
+        pb = baseline.predict(F[idx])
     for name, spec in data.specs.items():
-        yv, yt = data.truth[name][val], data.truth[name][test]
-        okv, okt = np.isfinite(yv), np.isfinite(yt)
+        cal = calibration[name].get("covariates_unknown", calibration[name]) if covariates_unknown else calibration[name]
+        y = inputs.truth[name][idx]
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
         if spec["kind"] == "regression":
-            cal = fit_conformal(pv[name][okv], yv[okv], config.coverage)
-            residuals = np.sort(np.abs(pv[name][okv] - yv[okv]))
-            calibration[name] = dict(cal.to_dict(), residuals=residuals.tolist())  # any --coverage later
-            if pt is not None and okt.any():
-                m = regression_metrics(yt[okt], pt[name][okt])
-                m["coverage"] = interval_coverage(pt[name][okt], yt[okt], cal)
-                m["interval_halfwidth"] = cal.halfwidth
-                metrics[name] = m
-                arrays[name] = (yt[okt], pt[name][okt], cal.halfwidth)
+            value = pred[name]
+            interval = ConformalInterval.from_dict(cal)
+            m = regression_metrics(y[ok], value[ok])
+            m["coverage"] = interval_coverage(value[ok], y[ok], interval)
+            m["interval_halfwidth"] = interval.halfwidth
+            out["_arrays"][name] = (y[ok], value[ok], interval.halfwidth)
+            base = regression_metrics if pb is not None else None
         else:
-            t = fit_temperature(pv[name][okv], yv[okv])
-            calibration[name] = {"temperature": t, "n": int(okv.sum()), "threshold": 0.5}
-            if pt is not None and okt.any():
-                prob = calibrated_probability(pt[name][okt], t)
-                m = classification_metrics(yt[okt], prob)
-                m["ece_uncalibrated"] = classification_metrics(yt[okt], calibrated_probability(pt[name][okt], 1.0))["ece"]
-                metrics[name] = m
-                arrays[name] = (yt[okt], prob)
-    return calibration, metrics, arrays
+            value = calibrated_probability(pred[name], cal["temperature"])
+            m = classification_metrics(y[ok], value[ok])
+            m["ece_uncalibrated"] = classification_metrics(y[ok], calibrated_probability(pred[name][ok], 1.0))["ece"]
+            out["_arrays"][name] = (y[ok], value[ok])
+            base = classification_metrics if pb is not None else None
+        out["model"][name] = dict(m, **standard_errors(spec["kind"], y[ok], value[ok], seed=config.seed))
+        if base is not None:
+            out["baseline"][name] = dict(base(y[ok], pb[name][ok]),
+                                         **standard_errors(spec["kind"], y[ok], pb[name][ok], seed=config.seed))
+            out["paired"][name] = compare(spec["kind"], y[ok], value[ok], pb[name][ok], seed=config.seed)
+    if samples is not None:
+        out["bound"] = _bound(samples, idx)
+    return out
 
 
 def _write_reports(run_dir, metrics: dict, history: list[dict], arrays: dict | None) -> None:
@@ -556,11 +660,3 @@ def _write_reports(run_dir, metrics: dict, history: list[dict], arrays: dict | N
     if "anemia" in arrays:
         y, prob = arrays["anemia"]
         plots.reliability_diagram(y, prob, run_dir / "anemia_reliability.png")
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node N -m flowrbc.train [COHORT] [options]
-    import sys
-
-    from flowrbc.cli import app
-
-    app(["train", *sys.argv[1:]])

@@ -21,7 +21,7 @@ def test_train_cohort_writes_a_complete_run(cohort, tmp_path):
     test = result.metrics["test"]
     assert set(test["model"]) == {"hematocrit", "anemia"}
     assert set(test["baseline"]) == {"hematocrit", "anemia"}
-    assert "mse" in test["oracle"]["hematocrit"]
+    assert "mse" in test["bound"]["hematocrit"]
     assert 0.0 <= test["model"]["hematocrit"]["coverage"] <= 1.0
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 1.5  # finite, not exploding
     assert (tmp_path / "latest").resolve() == (tmp_path / "run").resolve()

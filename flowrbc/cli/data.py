@@ -49,10 +49,11 @@ def simulate(
                                        on_file=lambda i, p: bar.update(task, advance=1, status=p.name))
         samples = pd.read_csv(clinical)
         _print_table(summary_table(samples), f"{patients} patients x {cells} cells, seed {seed}")
-        oracle = simulate_cohort(patients, 1, seed=seed).oracle  # the oracle does not depend on cells
+        bound = simulate_cohort(patients, 1, seed=seed).bound  # the bound does not depend on cells
         console.print(
-            f"oracle (sex and latent parameters known): hematocrit RMSE {oracle['hematocrit_rmse']:.2f}, "
-            f"MAE {oracle['hematocrit_mae']:.2f}; anemia accuracy {oracle['anemia_accuracy']:.3f}",
+            f"bound (best possible from the cells, sex and age): hematocrit MSE {bound['bound_hematocrit_mse']:.2f}, "
+            f"anemia accuracy {bound['bound_anemia_accuracy']:.3f} (an oracle knowing every latent: "
+            f"MSE {bound['latent_hematocrit_mse']:.2f}, not attainable from cells)",
             highlight=False,
         )
         console.print(f"wrote {patients} FCS files and {clinical}", highlight=False)

@@ -29,12 +29,16 @@ ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (model
 CoverageOpt = Annotated[Optional[float], typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")]
 
 
-def _load_cohort(path: Optional[Path]):
+def _load_cohort(path: Optional[Path], patients: Optional[int] = None, cells: Optional[int] = None, seed: int = 0):
+    """The cohort file, or the built-in synthetic cohort (generated once, then cached)."""
     if path is None:
-        from flowrbc.io.cohort import load_default_cohort
+        from flowrbc.io.cohort import DEFAULT_CELLS, DEFAULT_PATIENTS, load_default_cohort
 
-        with err_console.status("loading the built-in synthetic cohort"):
-            return load_default_cohort()
+        n, m = patients or DEFAULT_PATIENTS, cells or DEFAULT_CELLS
+        with err_console.status(f"loading the built-in synthetic cohort ({n} patients × {m} cells, seed {seed})"):
+            return load_default_cohort(n, m, seed)
+    if patients is not None or cells is not None:
+        fail("--patients/--cells size the built-in cohort; they do not apply to a cohort file")
     from flowrbc.io.cohort import read_cohort
 
     return read_cohort(path)
@@ -48,11 +52,20 @@ def train(
     width: Annotated[Optional[int], typer.Option("--width", help="Hidden size.")] = None,
     norm: Annotated[Optional[str], typer.Option("--norm", help="none, layer, feature or set.")] = None,
     residual: Annotated[Optional[str], typer.Option("--residual", help="clean, nonclean or none.")] = None,
+    inducing: Annotated[Optional[int], typer.Option("--inducing", help="Set Transformer families: ISAB inducing "
+                                                    "points (default 32, as the papers); 0: full self-attention.",
+                                                    min=0)] = None,
     target: Annotated[Optional[list[str]], typer.Option("--target", help="hematocrit, hemoglobin, anemia (repeatable).")] = None,
     covariate: Annotated[Optional[list[str]], typer.Option(
         "--covariate", help="Per-sample input besides the cells: sex, age or another numeric sample column "
         "(repeatable); 'none' for cells only. Default: sex and age where the cohort has them.")] = None,
-    cells: Annotated[Optional[int], typer.Option("--cells", help="Cells per set, resampled every epoch.")] = None,
+    patients: Annotated[Optional[int], typer.Option("--patients", help="Built-in cohort: patients (default 2000).",
+                                                    min=10)] = None,
+    cells: Annotated[Optional[int], typer.Option("--cells", help="Built-in cohort: cells per patient (default 1000).",
+                                                 min=1)] = None,
+    fresh: Annotated[int, typer.Option("--fresh", help="Built-in cohort: also score on this many fresh patients "
+                                       "of another seed (0: none).", min=0)] = 5000,
+    set_size: Annotated[Optional[int], typer.Option("--set-size", help="Cells per set, resampled every epoch.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
@@ -63,11 +76,12 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     coverage: Annotated[float, typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")] = 0.9,
 ) -> None:
-    """Train a set model; print test metrics beside the moment baseline and the oracle."""
+    """Train a set model; print test metrics beside the moment baseline and the bound."""
     with user_errors():
         from flowrbc.train import TrainConfig, train_cohort
 
-        given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, cells=cells, epochs=epochs,
+        given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, inducing=inducing,
+                     cells=set_size, epochs=epochs,
                      batch_size=batch_size, lr=lr, weight_decay=weight_decay)
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
@@ -75,7 +89,13 @@ def train(
                              coverage=coverage, **({"targets": tuple(target)} if target else {}))
         if resume and out is None:
             out = Path("runs/latest").resolve()
-        data = _load_cohort(cohort)
+        data = _load_cohort(cohort, patients, cells)
+        fresh_cohort = None
+        if cohort is None and fresh:
+            from flowrbc.io.cohort import DEFAULT_CELLS, FRESH_SEED, load_default_cohort
+
+            with err_console.status(f"loading {fresh} fresh synthetic patients (seed {FRESH_SEED})"):
+                fresh_cohort = load_default_cohort(fresh, cells or DEFAULT_CELLS, FRESH_SEED)
         with progress() as bar:
             task = bar.add_task("training", total=config.epochs, status="")
 
@@ -87,7 +107,7 @@ def train(
                 else:
                     bar.update(task, status=f"step {p.step}/{p.steps} loss {p.loss:.3f}")
 
-            result = train_cohort(data, config, out, resume=resume, progress=report,
+            result = train_cohort(data, config, out, resume=resume, progress=report, fresh=fresh_cohort,
                                   log=lambda m: err_console.print(m, highlight=False))
         if result.metrics:
             print_comparison(result.metrics)
@@ -95,38 +115,56 @@ def train(
 
 
 def print_comparison(metrics: dict) -> None:
-    """Model vs moment baseline vs oracle, per target, on the test split."""
+    """Model vs moment baseline vs bound per target: on the test split and, when there is
+    one, on the fresh cohort; model − baseline as a paired difference ± SE."""
+    for key, title in (("test", "test split"), ("fresh", "fresh cohort (independent; never used for a choice)")):
+        if key in metrics:
+            _comparison_table(metrics[key], f"{title}: {metrics[key].get('n', '?')} samples")
+    bound = metrics.get("fresh", metrics.get("test", {})).get("bound", {})
+    if bound:
+        console.print("* bound: the best prediction from the patient's cell population (infinitely many cells), "
+                      "sex and age — no predictor of the cells can beat it in expectation (synthetic cohorts; "
+                      + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
+                      + "flowrbc.bound)", highlight=False)
+    console.print("model − baseline: paired difference per patient ± its SE; ✓ model better, ✗ baseline "
+                  "better by more than 2 SE, otherwise a tie", highlight=False)
+    cal = metrics.get("calibration", {})
+    test = metrics.get("test", {}).get("model", {})
+    if "hematocrit" in cal and "hematocrit" in test:
+        console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
+                      f"{cal['hematocrit']['coverage']:.0%}: test coverage {test['hematocrit']['coverage']:.1%}")
+    if "anemia" in cal and "anemia" in test:
+        console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
+                      f"{test['anemia']['ece_uncalibrated']:.3f} -> {test['anemia']['ece']:.3f}")
+
+
+def _comparison_table(scores: dict, title: str) -> None:
     from rich.table import Table
 
-    test = metrics["test"]
-    unknown = test.get("model_covariates_unknown")
-    table = Table(title=f"test split ({metrics.get('n', {}).get('test', '?')} samples)")
-    cols = ["target", "metric", "model"] + (["no sex/age"] if unknown else []) + ["moments baseline", "oracle*"]
+    from flowrbc.evaluation import verdict
+
+    unknown = scores.get("model_covariates_unknown")
+    table = Table(title=title)
+    cols = ["target", "metric", "model"] + (["no sex/age"] if unknown else []) + ["baseline", "model − baseline",
+                                                                                  "bound*"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("target", "metric") else "right", no_wrap=True)
-    shown = {"regression": ("mse", "mae", "r2", "coverage"), "binary": ("accuracy", "auroc", "auprc", "brier", "ece")}
-    oracle_key = {"mse": "mse", "mae": "mae_realized", "accuracy": "accuracy"}
-    for name, m in test["model"].items():
+    shown = {"regression": ("mse", "mae", "r2", "coverage"), "binary": ("accuracy", "auroc", "brier", "ece")}
+    bound_key = {"mse": "mse_realized"}
+    for name, m in scores["model"].items():
         kind = "binary" if "accuracy" in m else "regression"
+        paired = scores.get("paired", {}).get(name, {})
         for key in shown[kind]:
-            base = test["baseline"].get(name, {}).get(key)
-            orc = test["oracle"].get(name, {}).get(oracle_key.get(key, ""), None)
+            base = scores.get("baseline", {}).get(name, {}).get(key)
+            orc = scores.get("bound", {}).get(name, {}).get(bound_key.get(key, key))
             extra = [_fmt(unknown.get(name, {}).get(key))] if unknown else []
-            table.add_row(name, key, _fmt(m.get(key)), *extra, _fmt(base), _fmt(orc))
+            diff = "-"
+            if key in paired:
+                d = paired[key]
+                better = verdict(d, lower_is_better=key != "auroc")
+                diff = f"{d['diff']:+.3f} ± {d['se']:.3f}" + {"better": " ✓", "worse": " ✗", "tie": ""}[better]
+            table.add_row(name, key, _fmt(m.get(key)), *extra, _fmt(base), diff, _fmt(orc))
     console.print(table)
-    if unknown:
-        console.print("no sex/age: the same model with every covariate unknown (its own calibration)",
-                      highlight=False)
-    console.print("* oracle: the generator's best prediction given the patient's sex and every latent "
-                  "parameter the cells reveal (synthetic cohorts; a lower bound)", highlight=False)
-    cal = metrics.get("calibration", {})
-    if "hematocrit" in cal and "hematocrit" in test["model"]:
-        console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
-                      f"{cal['hematocrit']['coverage']:.0%}: test coverage {test['model']['hematocrit']['coverage']:.1%}")
-    if "anemia" in cal and "anemia" in test["model"]:
-        m = test["model"]["anemia"]
-        console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
-                      f"{m['ece_uncalibrated']:.3f} -> {m['ece']:.3f}")
 
 
 def _fmt(v) -> str:

@@ -27,7 +27,7 @@ from flowrbc.errors import CohortError
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
 
-FORMAT_VERSION = 1  # of the flowrbc cohort layout inside the .h5ad
+FORMAT_VERSION = 2  # of the flowrbc cohort layout inside the .h5ad (2: bound_* sample columns)
 SPLITS = ("train", "val", "test")
 _BLOCK = 1 << 22  # rows per write block (bounded temporaries at any cohort size)
 
@@ -207,8 +207,8 @@ def add_qc_columns(samples, X: np.ndarray, offsets: np.ndarray) -> None:
 
 def synthetic_cohort(n_patients: int = 2000, n_cells: int = 1000, seed: int = 0) -> Cohort:
     """The simulated cohort (``flowrbc.simulate``) with the RBC gate applied, QC columns and
-    a train/val/test split; same arguments, same cohort. ``uns``-level ``oracle`` errors are
-    kept in ``cohort.samples.attrs["oracle"]``."""
+    a train/val/test split; same arguments, same cohort. The cohort-level figures of the
+    cell bound (``flowrbc.bound``) are kept in ``cohort.samples.attrs["bound"]``."""
     from flowrbc import pp
     from flowrbc.simulate import CHANNELS, GENERATOR_VERSION, simulate_cohort
 
@@ -227,7 +227,7 @@ def synthetic_cohort(n_patients: int = 2000, n_cells: int = 1000, seed: int = 0)
     samples["n_nonfinite"] = np.zeros(len(samples), dtype=np.int64)
     add_qc_columns(samples, X, offsets)
     samples["split"] = assign_splits(len(samples), seed)
-    samples.attrs["oracle"] = sim.oracle
+    samples.attrs["bound"] = sim.bound
     return Cohort(
         X=X, offsets=offsets, samples=samples, channels=list(CHANNELS),
         roles={"volume": CHANNELS[0], "hemoglobin": CHANNELS[1]},
@@ -244,6 +244,7 @@ def cache_dir() -> Path:
 DEFAULT_PATIENTS = 2000
 DEFAULT_CELLS = 1000
 DEFAULT_SEED = 0
+FRESH_SEED = 1_000_003  # the independent cohort `flowrbc train` scores once; no choice ever sees it
 
 
 def default_cohort_path(n_patients: int = DEFAULT_PATIENTS, n_cells: int = DEFAULT_CELLS, seed: int = DEFAULT_SEED) -> Path:
@@ -408,10 +409,10 @@ def write_cohort(cohort: Cohort, path) -> Path:
             _write_scalar_string(uns, "source", cohort.source)
             fv = uns.create_dataset("flowrbc_cohort_format", data=np.int64(FORMAT_VERSION))
             _attrs(fv, "numeric-scalar")
-            oracle = cohort.samples.attrs.get("oracle")
-            if oracle:
-                og = _write_dict_group(uns, "oracle")
-                for k, v in oracle.items():
+            bound = cohort.samples.attrs.get("bound")
+            if bound:
+                og = _write_dict_group(uns, "bound")
+                for k, v in bound.items():
                     _attrs(og.create_dataset(k, data=np.float64(v)), "numeric-scalar")
             for name in ("layers", "obsm", "obsp", "varm", "varp"):
                 _write_dict_group(f, name)
@@ -495,8 +496,8 @@ def read_cohort(path) -> Cohort:
                 roles_col = _read_elem(f["var/role"]) if "role" in f["var"] else [""] * len(channels)
                 roles = {str(r): ch for r, ch in zip(roles_col, channels) if isinstance(r, str) and r}
                 source = _read_elem(f["uns/source"]) if "source" in f["uns"] else str(path)
-                if "oracle" in f["uns"]:
-                    samples.attrs["oracle"] = _read_elem(f["uns/oracle"])
+                if "bound" in f["uns"]:
+                    samples.attrs["bound"] = _read_elem(f["uns/bound"])
             except KeyError as exc:
                 raise CohortError(f"{path}: malformed cohort file ({exc})") from None
     if not fast:

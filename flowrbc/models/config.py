@@ -43,7 +43,9 @@ class ModelConfig:
     residual: str | None = None  # None: family default ("clean" for ++)
     pooling: str | None = None  # None: "mean" (output independent of event count) or "pma" for attention
     heads: int = 4  # attention heads, as in the Set Transformer experiments
-    inducing: int = 0  # ISAB inducing points; 0 = full SAB (O(N^2), fine with fused attention)
+    inducing: int | None = None  # ISAB inducing points; None: 32 for the set_transformer families
+    # (the papers' code builds every encoder block as ISAB 32, 4 heads: cost linear in N);
+    # 0 = full self-attention (SAB, O(N^2))
     slots: int = 32  # K slots of the Slot Set Encoder (MBC paper, MNIST centroid model)
     slots2: int = 0  # slots of a second, hierarchical SSE stage; 0 = single stage
     slot_init: str = "random"  # learned mu, sigma (paper default); "deterministic" learns K x h slots
@@ -64,6 +66,8 @@ class ModelConfig:
         self.norm = norm if self.norm is None else self.norm
         self.residual = residual if self.residual is None else self.residual
         self.pooling = pooling if self.pooling is None else self.pooling
+        if self.inducing is None:
+            self.inducing = 32 if self.family.startswith("set_transformer") else 0
         if not isinstance(self.outputs, dict):
             raise ValueError(f"outputs: expected a dict of head name -> dims, got {self.outputs!r}")
         self.outputs = dict(self.outputs)  # a copy: the caller's dict stays theirs

@@ -55,7 +55,7 @@ class Protocol:
 
 PROTOCOLS = {
     "toy": Protocol(16, 8, 64, 32, 2, 8, 1e-3, 16, (_DS[0], _DSPP[0])),
-    "quick": Protocol(120, 40, 128, 32, 10, 60, 1e-3, 64, (_DS[0], _DSPP[0], Variant("set_transformer++", 2, "set", "clean", (("inducing", 16),), "Set Transformer++"))),
+    "quick": Protocol(120, 40, 128, 32, 10, 60, 1e-3, 64, (_DS[0], _DSPP[0], Variant("set_transformer++", 2, "set", "clean", (), "Set Transformer++"))),
     "full": Protocol(
         1000,
         250,
@@ -70,8 +70,8 @@ PROTOCOLS = {
             + [Variant("deepsets", 50, "none", "none", _MAX, "Deep Sets")]
             + _DSPP
             + [Variant("deepsets++", 50, "set", "clean", _MAX, "Deep Sets++")]
-            + [Variant("set_transformer", d, "none", "nonclean", (("inducing", 32),), "Set Transformer") for d in (2, 8, 16)]
-            + [Variant("set_transformer++", d, "set", "clean", (("inducing", 32),), "Set Transformer++") for d in (2, 8, 16)]
+            + [Variant("set_transformer", d, "none", "nonclean", (), "Set Transformer") for d in (2, 8, 16)]
+            + [Variant("set_transformer++", d, "set", "clean", (), "Set Transformer++") for d in (2, 8, 16)]
         ),
     ),
 }

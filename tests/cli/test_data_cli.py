@@ -19,7 +19,7 @@ def simdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     res = runner.invoke(app, ["simulate", str(out), "--patients", "12", "--cells", "120", "--seed", "4"])
     assert res.exit_code == 0, res.output
-    assert "oracle" in res.output and "healthy" in res.output
+    assert "bound" in res.output and "healthy" in res.output
     return out
 
 

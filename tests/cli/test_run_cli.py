@@ -17,17 +17,37 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     write_cohort(synthetic_cohort(n_patients=80, n_cells=48, seed=4), root / "cohort.h5ad")
     out = runner.invoke(app, ["train", str(root / "cohort.h5ad"), "--epochs", "1", "--width", "16", "--depth", "1",
-                              "--cells", "32", "--batch-size", "16", "--device", "cpu", "--out", str(root / "runs" / "a")])
+                              "--set-size", "32", "--batch-size", "16", "--device", "cpu", "--out", str(root / "runs" / "a")])
     assert out.exit_code == 0, out.output
     write_simulated(root / "fcs", n_patients=2, n_cells=300, seed=1)
     return root, out.output
 
 
-def test_train_prints_model_baseline_oracle(trained):
+def test_train_prints_model_baseline_bound_and_paired_difference(trained):
     root, output = trained
-    assert "moments baseline" in output and "oracle" in output and "coverage" in output
+    assert "baseline" in output and "bound" in output and "coverage" in output
+    assert "model − baseline" in output and " ± " in output
     assert (root / "runs" / "a" / "learning_curves.png").is_file()
     assert (root / "runs" / "a" / "anemia_reliability.png").is_file()
+
+
+def test_train_sizes_the_builtin_cohort_and_scores_a_fresh_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWRBC_CACHE", str(tmp_path / "cache"))
+    out = runner.invoke(app, ["train", "--patients", "60", "--cells", "40", "--fresh", "50", "--epochs", "1",
+                              "--width", "8", "--depth", "1", "--set-size", "16", "--device", "cpu",
+                              "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert "fresh cohort" in out.output and "50 samples" in out.output
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert any("-p60-c40-" in n for n in cached) and any("-p50-c40-" in n for n in cached)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["fresh"]["n"] == 50 and "mse" in metrics["fresh"]["paired"]["hematocrit"]
+
+
+def test_train_refuses_builtin_sizes_for_a_cohort_file(trained):
+    root, _ = trained
+    out = runner.invoke(app, ["train", str(root / "cohort.h5ad"), "--patients", "100"])
+    assert out.exit_code == 1 and "built-in cohort" in out.output
 
 
 def test_predict_json_and_a_bad_file_among_good_ones(trained):

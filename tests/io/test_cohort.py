@@ -52,7 +52,7 @@ def test_write_read_round_trip(cohort, tmp_path):
     np.testing.assert_array_equal(back.offsets, cohort.offsets)
     pd.testing.assert_frame_equal(back.samples, cohort.samples)
     assert back.channels == cohort.channels and back.roles == cohort.roles and back.source == cohort.source
-    assert back.samples.attrs["oracle"] == pytest.approx(cohort.samples.attrs["oracle"])
+    assert back.samples.attrs["bound"] == pytest.approx(cohort.samples.attrs["bound"])
     assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind
 
 

@@ -93,10 +93,19 @@ def test_parameter_count_deepsets_plus_by_hand():
     assert sum(p.numel() for p in build_model(config).parameters()) == expected
 
 
+def test_set_transformer_families_default_to_the_papers_isab():
+    for family in ("set_transformer", "set_transformer++"):
+        config = ModelConfig(family=family)
+        assert (config.inducing, config.heads) == (32, 4)
+        assert ModelConfig.from_dict(config.to_dict()).inducing == 32
+    assert ModelConfig(family="deepsets++").inducing == 0
+    assert ModelConfig.from_dict(dict(ModelConfig(family="set_transformer").to_dict(), inducing=0)).inducing == 0
+
+
 def test_parameter_count_set_transformer_by_hand():
     d = 4
     config = ModelConfig(
-        family="set_transformer", width=d, heads=2, depth=1, decoder_depth=0, outputs={"a": 1}
+        family="set_transformer", width=d, heads=2, depth=1, decoder_depth=0, outputs={"a": 1}, inducing=0
     )
     attention = _linear(d, d) + _linear(d, 2 * d) + _linear(d, d)  # q, kv, out
     mab = attention + _linear(d, d)  # non-clean rFF: one linear; no norm

@@ -48,8 +48,10 @@ def test_set_transformer_16_blocks_explodes_and_plus_plus_does_not():
     def growth(family):
         out = []
         for seed in range(3):
-            deep, _ = _block_grads(_config(family=family, depth=16), seed)
-            shallow, _ = _block_grads(_config(family=family, depth=2), seed)
+            # full self-attention: the growth comes from the post-add norm of the residual path;
+            # with ISAB the inducing-point bottleneck makes it seed-dependent (3x-40x measured)
+            deep, _ = _block_grads(_config(family=family, depth=16, inducing=0), seed)
+            shallow, _ = _block_grads(_config(family=family, depth=2, inducing=0), seed)
             out.append(deep / shallow)
         return out
 
@@ -58,5 +60,5 @@ def test_set_transformer_16_blocks_explodes_and_plus_plus_does_not():
     geo = math.exp(sum(math.log(r) for r in plain) / len(plain))
     assert geo > 10 and min(plain) > 5  # exploding with depth
     assert all(0.2 < r < 5 for r in plus)
-    ratios = [f / l for f, l in (_block_grads(_config(family="set_transformer++", depth=16), s) for s in range(3))]
+    ratios = [f / l for f, l in (_block_grads(_config(family="set_transformer++", depth=16, inducing=0), s) for s in range(3))]
     assert all(0.2 < r < 5 for r in ratios)

@@ -1,0 +1,64 @@
+"""The cell bound: the Bayes-optimal prediction from the cell population, sex and age."""
+
+import numpy as np
+import pytest
+
+from flowrbc.bound import cell_bound
+from flowrbc.evaluation import paired
+from flowrbc.simulate import simulate_cohort
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_cohort(6000, 1, seed=21)  # the bound needs no cells: one per patient
+
+
+def _population_features(sim):
+    pop = np.concatenate([sim.populations[k] for k in ("w", "M", "C", "cv", "cc")], axis=1)  # (n, 20)
+    s = sim.samples
+    return np.concatenate([pop, (s["sex"] == "F").to_numpy(float)[:, None], s["age"].to_numpy(float)[:, None]], 1)
+
+
+def test_a_model_fitted_on_exact_populations_does_not_beat_the_bound(sim):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    X, s = _population_features(sim), sim.samples
+    y = s["hematocrit"].to_numpy()
+    train, test = slice(0, 4000), slice(4000, None)
+    gbm = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0).fit(X[train], y[train])
+    d = paired((gbm.predict(X[test]) - y[test]) ** 2, (s["bound_hematocrit"].to_numpy()[test] - y[test]) ** 2)
+    assert d["diff"] > -2 * d["se"]  # the fitted model is not better than the bound
+    assert d["diff"] > 0.2  # and at this size clearly worse: the bound is not a loose number
+
+
+def test_the_bound_error_is_what_it_claims(sim):
+    s = sim.samples
+    err2 = (s["hematocrit"] - s["bound_hematocrit"]).to_numpy() ** 2
+    var = s["bound_hematocrit_sd"].to_numpy() ** 2
+    d = paired(err2, var)  # E[(y − E[y|pop])²] = E[Var(y|pop)]
+    assert abs(d["diff"]) < 3 * d["se"]
+    p = s["bound_anemia_probability"].to_numpy()
+    a = s["anemia"].to_numpy(float)
+    assert abs(a.mean() - p.mean()) < 3 * np.sqrt(np.mean(p * (1 - p)) / len(p))  # calibrated on average
+    for lo, hi in ((0.0, 0.2), (0.2, 0.8), (0.8, 1.0)):
+        m = (p >= lo) & (p < hi)
+        assert abs(a[m].mean() - p[m].mean()) < 3 * np.sqrt(np.mean(p[m] * (1 - p[m])) / m.sum()) + 1e-3
+
+
+def test_the_latent_oracle_claims_less_error_than_the_cells_allow(sim):
+    b = sim.bound
+    assert b["latent_hematocrit_mse"] < b["bound_hematocrit_mse"] - 1.0
+    assert b["latent_anemia_accuracy"] > b["bound_anemia_accuracy"]
+    assert 0.8 < b["bound_anemia_accuracy"] < 1.0
+
+
+def test_the_bound_sees_only_the_population(sim):
+    s = sim.samples
+    sex = (s["sex"] == "F").to_numpy(int)
+    cut = np.where(sex == 0, 13.0, 12.0)
+    again = cell_bound(sim.populations, sex, s["age"].to_numpy(), cut)
+    np.testing.assert_allclose(again["hematocrit"], s["bound_hematocrit"])
+    # patients with the same population, sex and age get the same prediction
+    pop = {k: v[:1].repeat(3, axis=0) for k, v in sim.populations.items()}
+    out = cell_bound(pop, sex[:1].repeat(3), s["age"].to_numpy()[:1].repeat(3), cut[:1].repeat(3))
+    assert np.ptp(out["hematocrit"]) == 0 and np.isfinite(out["hematocrit_sd"]).all()
