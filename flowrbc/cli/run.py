@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from flowrbc.cli import app
+from flowrbc.cli._format import number as _fmt
 from flowrbc.cli._common import (
     ChannelOpt,
     Device,
@@ -19,7 +20,9 @@ from flowrbc.cli._common import (
     console,
     err_console,
     fail,
+    ScaleOpt,
     parse_channel_map,
+    parse_scale_map,
     progress,
     user_errors,
 )
@@ -129,14 +132,6 @@ def print_comparison(metrics: dict) -> None:
                       f"{m['ece_uncalibrated']:.3f} -> {m['ece']:.3f}")
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    return f"{v:.4g}"
-
-
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint (model.pt).")],
@@ -179,6 +174,7 @@ def predict(
     all_cells: Annotated[bool, typer.Option("--all-cells", help="Stream every gated cell (slot_set models).")] = False,
     seed: SeedOpt = 0,
     channel: ChannelOpt = None,
+    scale: ScaleOpt = None,
     sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's "
                                                "SEX keyword, else unknown).")] = None,
     age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
@@ -186,6 +182,7 @@ def predict(
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
+    scales = parse_scale_map(scale)
     if sex is not None and sex.strip().upper() not in ("M", "F"):
         fail(f"--sex {sex!r}: use M or F")
     if age is not None and not 0 <= age <= 150:
@@ -209,7 +206,8 @@ def predict(
         for p in paths:
             try:
                 results.append(predict_file(loaded, p, overrides=overrides, coverage=coverage,
-                                            all_cells=all_cells, seed=seed, covariates=covariates))
+                                            all_cells=all_cells, seed=seed, covariates=covariates,
+                                            scales=scales))
             except (FlowrbcError, OSError) as exc:
                 failed += 1
                 msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
@@ -241,9 +239,12 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
     cov = next((r["hematocrit_coverage"] for r in rows if r.get("hematocrit_coverage") is not None), None)
     draws = sorted({str(r["draws"]) for r in rows})
     how = "all cells streamed" if draws == ["all"] else f"each prediction averages {'/'.join(draws)} resampled subsets"
+    scaled = sorted({", ".join(f"{k.removeprefix('scale_')} ×{_fmt(v)}" for k, v in r.items() if k.startswith("scale_"))
+                     for r in rows} - {""})
+    how += "".join(f"; scaled: {s}" for s in scaled)
     table = Table(caption=how, caption_justify="left")
     with_cov = any("sex" in r or "age" in r for r in rows)
-    table.add_column("file", no_wrap=True)
+    table.add_column("file", overflow="fold")  # a long name wraps; numbers never shrink
     if with_cov:
         table.add_column("sex, age", no_wrap=True)
     hct_head = f"Hct % ({cov:.0%} interval)" if cov is not None else "Hct %"
