@@ -1,7 +1,7 @@
 """Numbers for tables that stay whole in 80 columns, piped or not.
 
 A table cell must never be cut to "2.621…": values are written with ``digits`` significant
-digits in at most about seven characters. Integers below 100 000 stay exact ("65536");
+digits in at most eight characters and a sign. Integers below 100 000 stay exact ("65536");
 larger or smaller magnitudes use engineering notation, the exponent a multiple of three
 written as an SI letter above one (262144 -> "262.1k", 4.3e9 -> "4.295G") and as
 ``e-N`` below 0.001 (0.0000123 -> "12.3e-6"). ``--json`` output keeps every digit.

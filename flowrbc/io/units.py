@@ -22,6 +22,7 @@ from flowrbc.errors import ChannelError
 
 UNITS = {"volume": "fL", "hemoglobin": "pg"}
 CLINICAL = {"volume": "mcv", "hemoglobin": "mch"}  # clinical column giving each role's mean
+TRAINED = "the model was trained on"
 FAR = 10.0  # a median beyond [lo / FAR, hi * FAR] is another unit, not an unusual sample
 
 
@@ -34,7 +35,7 @@ def reference_ranges(roles: Sequence[str], trained: dict | None = None) -> dict[
     for role in roles:
         r = (trained or {}).get(role)
         if r and "p001" in r and "p999" in r:
-            out[role] = (float(r["p001"]), float(r["p999"]), "the model was trained on")
+            out[role] = (float(r["p001"]), float(r["p999"]), TRAINED)
         else:
             lo, hi = getattr(DEFAULT_BOUNDS, role, (math.nan, math.nan))
             out[role] = (float(lo), float(hi), "the RBC gate accepts")
@@ -68,16 +69,18 @@ def unit_problems(x: np.ndarray, roles: Sequence[str], channels: Sequence[str],
         median = float(np.median(col))
         if lo / far <= median <= hi * far:
             continue
-        unit = UNITS.get(role, "")
-        factor = (scales or {}).get(role)
-        centre = math.sqrt(lo * hi)
-        hint = ""
-        if median > 0:  # the factor that would bring the median to the range's geometric centre
-            hint = f" (about {float(f'{centre / median * (factor or 1):.2g}'):g} puts its median at {centre:.3g} {unit})"
-        problems.append(
-            f"channel {channels[j]!r}{f' x {factor:g}' if factor else ''} ({role}) has median {median:.4g}, "
-            f"{'far ' if far > 1 else ''}outside the {lo:.3g}-{hi:.3g} {unit} {what}: it looks uncalibrated (instrument "
-            f"units); rescale it with --scale {role}=FACTOR{hint}")
+        unit, factor = UNITS.get(role, ""), (scales or {}).get(role)
+        if what == TRAINED and median > 0:  # the factor bringing the median to the range's geometric centre
+            centre = math.sqrt(lo * hi)
+            suggest = float(f"{centre / median * (factor or 1):.2g}")
+            hint = f"about {suggest:g} puts its median at {centre:.3g} {unit}"
+        else:  # no model: the sample's own analyser value is the honest reference
+            mean = float(np.mean(col)) / (factor or 1)  # of the channel as stored
+            hint = f"the sample's {CLINICAL[role].upper()} / the channel's mean {mean:.4g}"
+        scaled = f" x {factor:g}" if factor else ""
+        where = f"{'far ' if far > 1 else ''}outside the {lo:.3g}-{hi:.3g} {unit} {what}"
+        problems.append(f"channel {channels[j]!r}{scaled} ({role}) has median {median:.4g}, {where}: it looks "
+                        f"uncalibrated (instrument units); rescale it with --scale {role}=FACTOR ({hint})")
     return problems
 
 
