@@ -21,7 +21,6 @@ from flowrbc.cli._common import (
     user_errors,
 )
 
-
 _HEADERS = {"hematocrit": "Hct", "hemoglobin": "Hb", "rbc_count": "RBC", "mcv": "MCV",
             "mch": "MCH", "rdw": "RDW", "anemia_rate": "anemia"}
 _TWO_DECIMALS = {"share", "anemia_rate", "rbc_count"}

@@ -9,23 +9,23 @@ from typing import Annotated, Optional
 import typer
 
 from flowrbc.cli import app
-from flowrbc.cli._format import number as _fmt
 from flowrbc.cli._common import (
     ChannelOpt,
     Device,
     DeviceOpt,
     Format,
     FormatOpt,
+    ScaleOpt,
     SeedOpt,
     console,
     err_console,
     fail,
-    ScaleOpt,
     parse_channel_map,
     parse_scale_map,
     progress,
     user_errors,
 )
+from flowrbc.cli._format import number as _fmt
 
 DEFAULT_MODEL = Path("runs/latest/model.pt")
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (model.pt or its run directory).")]
