@@ -87,11 +87,13 @@ class Prediction:
     cells_used: int = 0
     draws: int | str = DRAWS
     covariates: dict[str, Any] = field(default_factory=dict)  # values used; None = unknown
+    scales: dict[str, float] = field(default_factory=dict)  # role -> factor applied (--scale)
     qc_flags: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, **self.values, **self.covariates, "n_events": self.n_events,
+        return {"file": self.file, **self.values, **{f"scale_{r}": f for r, f in self.scales.items()},
+                **self.covariates, "n_events": self.n_events,
                 "cells_used": self.cells_used, "draws": self.draws, "qc_flags": list(self.qc_flags),
                 "error": self.error}
 
@@ -163,25 +165,33 @@ def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite:
 
 def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
                  coverage: float | None = None, all_cells: bool = False, draws: int = DRAWS,
-                 seed: int = 0, covariates: dict[str, Any] | None = None) -> Prediction:
+                 seed: int = 0, covariates: dict[str, Any] | None = None,
+                 scales: dict[str, float] | None = None) -> Prediction:
     """Read, gate, QC and predict one FCS file. Raises FlowrbcError for an unusable file.
 
     ``covariates`` (e.g. ``{"sex": "F", "age": 61}``) for a model trained with them; a value
     not given is read from the file's keywords (FLOWRBC_SEX / SEX, FLOWRBC_AGE / AGE), else it
     is unknown: the model then predicts without it, with the interval and temperature
-    calibrated for unknown covariates, and the QC flag ``covariates_unknown``."""
+    calibrated for unknown covariates, and the QC flag ``covariates_unknown``.
+
+    ``scales`` (role -> factor, ``--scale volume=0.09``) multiply a channel in instrument
+    units; a channel whose median is far outside the training range is refused by name."""
     from flowrbc import pp
     from flowrbc.io.fcs import read_fcs_data
+    from flowrbc.io.units import apply_scales, check_units, no_cells_error, reference_ranges
 
     data = read_fcs_data(path)
     cols = select_channels(model, data.names, data.labels, str(path), overrides)
-    raw = data.events[:, cols].astype(np.float64)  # (n_events, 2) role order
+    roles = [r for r, _ in model.channels]
+    raw = apply_scales(data.events[:, cols], roles, scales)  # (n_events, 2) role order, float64
+    names = [data.names[c] for c in cols]
+    check_units(path, raw, roles, names, reference_ranges(roles, model.ranges), scales)
     finite = np.isfinite(raw).all(axis=1)
     keep = pp.rbc_gate(raw[:, 0], raw[:, 1])
     cells = raw[keep]
     if len(cells) == 0:
-        raise FlowrbcError(f"{path}: no events pass the RBC gate ({data.events.shape[0]} events)")
-    out = Prediction(file=str(path), n_events=len(raw), cells_used=len(cells))
+        raise no_cells_error(path, raw, roles, names, scales)
+    out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)), scales=dict(scales or {}))
     out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()))
     cov, unknown = None, False
     if model.covariates is not None and model.covariates.names:

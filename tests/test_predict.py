@@ -158,3 +158,35 @@ def test_all_cells_needs_a_streaming_model(run):
     model_path, files = run
     with pytest.raises(FlowrbcError, match="--all-cells: needs a slot_set model"):
         predict_file(load_model(model_path), sorted(files.glob("*.fcs"))[0], all_cells=True)
+
+
+def test_instrument_units_are_refused_by_channel_and_predict_once_scaled(run, tmp_path):
+    from tests.instrument_units import FACTORS, to_instrument_units
+
+    model_path, files = run
+    model = load_model(model_path)
+    src = sorted(files.glob("*.fcs"))[0]
+    path = to_instrument_units(src, tmp_path / "cytometer.fcs")
+    mapped = {"volume": "FSC-A", "hemoglobin": "SSC-A"}
+    with pytest.raises(ChannelError) as info:
+        predict_file(model, path, overrides=mapped)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: channel 'FSC-A' (volume) has median ") and "\n" not in msg
+    assert "fL the model was trained on: it looks uncalibrated" in msg
+    assert "--scale volume=FACTOR" in msg and "channel 'SSC-A' (hemoglobin)" in msg and "--scale hemoglobin=FACTOR" in msg
+
+    scaled = predict_file(model, path, overrides=mapped, scales=FACTORS, seed=1)
+    direct = predict_file(model, src, seed=1)
+    assert scaled.cells_used == direct.cells_used
+    for k, v in direct.values.items():
+        assert scaled.values[k] == pytest.approx(v, rel=1e-4), k
+    row = scaled.to_dict()
+    assert row["scale_volume"] == FACTORS["volume"] and row["scale_hemoglobin"] == FACTORS["hemoglobin"]
+    assert "scale_volume" not in direct.to_dict()
+
+    wrong = {"volume": FACTORS["volume"] / 10, "hemoglobin": FACTORS["hemoglobin"]}
+    with pytest.raises(ChannelError, match=r"cytometer.fcs: no events pass the RBC gate \(300 events\); "
+                       r"channel 'FSC-A' x 9e-05 \(volume\) has median [\d.]+, outside the 20-250 fL the RBC gate"):
+        predict_file(model, path, overrides=mapped, scales=wrong)
+    with pytest.raises(ChannelError, match="--scale platelets: unknown role"):
+        predict_file(model, path, overrides=mapped, scales={"platelets": 2.0})

@@ -7,6 +7,7 @@ that ``flowrbc --help`` and ``flowrbc predict`` do not pay for unrelated heavy i
 from __future__ import annotations
 
 import contextlib
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Iterator, NoReturn
@@ -86,6 +87,32 @@ ChannelOpt = Annotated[
         help="Map a role to a channel, e.g. --channel volume=FSC-A --channel hemoglobin=SSC-A.",
     ),
 ]
+
+
+ScaleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scale",
+        help="Multiply a role's channel by FACTOR to bring instrument units to fL / pg, e.g. "
+        "--scale volume=0.09 (repeatable). Nothing is rescaled unless asked.",
+    ),
+]
+
+
+def parse_scale_map(items: list[str] | None) -> dict[str, float]:
+    """``["volume=0.09", ...]`` -> ``{"volume": 0.09, ...}``; a malformed item or a factor
+    that is not a positive number fails (unknown roles are refused by the library)."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        role, sep, value = item.partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not sep or not role.strip() or not (math.isfinite(factor) and factor > 0):
+            fail(f"--scale {item!r}: expected ROLE=FACTOR with a positive FACTOR, e.g. volume=0.09")
+        out[role.strip().lower()] = factor
+    return out
 
 
 def parse_channel_map(items: list[str] | None) -> dict[str, str]:

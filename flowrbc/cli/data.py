@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 
 from flowrbc.cli import app
-from flowrbc.cli._common import ChannelOpt, OutOpt, SeedOpt, console, err_console, parse_channel_map, progress, user_errors
-
+from flowrbc.cli._common import (
+    ChannelOpt,
+    OutOpt,
+    ScaleOpt,
+    SeedOpt,
+    console,
+    err_console,
+    parse_channel_map,
+    parse_scale_map,
+    progress,
+    user_errors,
+)
 
 _HEADERS = {"hematocrit": "Hct", "hemoglobin": "Hb", "rbc_count": "RBC", "mcv": "MCV",
             "mch": "MCH", "rdw": "RDW", "anemia_rate": "anemia"}
@@ -66,10 +76,15 @@ def ingest(
     out: OutOpt = Path("cohort.h5ad"),
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unusable file.")] = False,
     channel: ChannelOpt = None,
+    scale: ScaleOpt = None,
+    scale_from_clinical: Annotated[bool, typer.Option(
+        "--scale-from-clinical", help="Derive each file's volume / hemoglobin factors from the clinical table's "
+        "mcv / mch columns (the gated cells' mean volume = MCV, mean content = MCH); stored per sample.")] = False,
     seed: SeedOpt = 0,
 ) -> None:
     """Build a cohort (.h5ad) from FCS files: resolve channels, gate, QC, match clinical rows, split."""
     overrides = parse_channel_map(channel)
+    scales = parse_scale_map(scale)
     with user_errors():
         from flowrbc.io.cohort import write_cohort
         from flowrbc.io.ingest import ingest_fcs
@@ -84,7 +99,7 @@ def ingest(
                 bar.update(task, advance=1, status=path.name)
 
             result = ingest_fcs(directory, clinical, channels=overrides or None, strict=strict, seed=seed,
-                                on_file=on_file)
+                                on_file=on_file, scales=scales, scale_from_clinical=scale_from_clinical)
         write_cohort(result.cohort, out)
     c = result.cohort
     s = c.samples
@@ -95,6 +110,11 @@ def ingest(
         f"{int(s['flag_too_few_cells'].sum())} samples with too few cells",
         highlight=False,
     )
+    for role, f in result.scales.items():
+        how = f"{f['mean']:g} for every file" if f["source"] == "given" else (
+            f"mean {f['mean']:.4g}, CV {f['cv_percent']:.1f} %, {f['min']:.4g} to {f['max']:.4g} over {f['files']} files")
+        console.print(f"{role} scale ({f['source']}): {how}; stored in the samples column scale_{role}",
+                      highlight=False)
 
 
 @app.command("import-flowrbc")

@@ -15,14 +15,17 @@ from flowrbc.cli._common import (
     DeviceOpt,
     Format,
     FormatOpt,
+    ScaleOpt,
     SeedOpt,
     console,
     err_console,
     fail,
     parse_channel_map,
+    parse_scale_map,
     progress,
     user_errors,
 )
+from flowrbc.cli._format import number as _fmt
 
 DEFAULT_MODEL = Path("runs/latest/model.pt")
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (model.pt or its run directory).")]
@@ -167,14 +170,6 @@ def _comparison_table(scores: dict, title: str) -> None:
     console.print(table)
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    return f"{v:.4g}"
-
-
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint (model.pt).")],
@@ -217,6 +212,7 @@ def predict(
     all_cells: Annotated[bool, typer.Option("--all-cells", help="Stream every gated cell (slot_set models).")] = False,
     seed: SeedOpt = 0,
     channel: ChannelOpt = None,
+    scale: ScaleOpt = None,
     sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's "
                                                "SEX keyword, else unknown).")] = None,
     age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
@@ -224,6 +220,7 @@ def predict(
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
+    scales = parse_scale_map(scale)
     if sex is not None and sex.strip().upper() not in ("M", "F"):
         fail(f"--sex {sex!r}: use M or F")
     if age is not None and not 0 <= age <= 150:
@@ -247,7 +244,8 @@ def predict(
         for p in paths:
             try:
                 results.append(predict_file(loaded, p, overrides=overrides, coverage=coverage,
-                                            all_cells=all_cells, seed=seed, covariates=covariates))
+                                            all_cells=all_cells, seed=seed, covariates=covariates,
+                                            scales=scales))
             except (FlowrbcError, OSError) as exc:
                 failed += 1
                 msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
@@ -279,9 +277,12 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
     cov = next((r["hematocrit_coverage"] for r in rows if r.get("hematocrit_coverage") is not None), None)
     draws = sorted({str(r["draws"]) for r in rows})
     how = "all cells streamed" if draws == ["all"] else f"each prediction averages {'/'.join(draws)} resampled subsets"
+    scaled = sorted({", ".join(f"{k.removeprefix('scale_')} ×{v:g}" for k, v in r.items() if k.startswith("scale_"))
+                     for r in rows} - {""})
+    how += "".join(f"; scaled: {s}" for s in scaled)
     table = Table(caption=how, caption_justify="left")
     with_cov = any("sex" in r or "age" in r for r in rows)
-    table.add_column("file", no_wrap=True)
+    table.add_column("file", overflow="fold")  # a long name wraps; numbers never shrink
     if with_cov:
         table.add_column("sex, age", no_wrap=True)
     hct_head = f"Hct % ({cov:.0%} interval)" if cov is not None else "Hct %"

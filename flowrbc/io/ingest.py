@@ -1,20 +1,23 @@
 """Build a cohort from a folder of FCS files and a clinical table (``flowrbc ingest``).
 
-Each file is read, its volume and hemoglobin channels resolved, its events gated and
+Each file is read, its volume and hemoglobin channels resolved, rescaled when asked
+(given factors, or factors derived from the clinical MCV and MCH), its events gated and
 checked, and matched to a clinical row by the table's ``file`` column or by its sample id;
 a bad file is reported and skipped (or stops the ingest with ``strict``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from flowrbc.errors import CohortError
+from flowrbc.io.channels import ROLES, resolve_channels
 from flowrbc.io.cohort import Cohort, add_qc_columns, assign_splits
+from flowrbc.io.units import CLINICAL, apply_scales, check_units, clinical_scales, no_cells_error, reference_ranges
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +28,7 @@ class IngestResult:
     cohort: Cohort
     skipped: list[tuple[str, str]]  # (file, reason)
     unmatched_rows: list[str]  # clinical sample ids with no FCS file
+    scales: dict[str, dict] = field(default_factory=dict)  # role -> summary of the factors applied
 
 
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -89,6 +93,8 @@ def ingest_fcs(
     strict: bool = False,
     seed: int = 0,
     on_file: Callable[[Path, str | None], None] | None = None,
+    scales: dict[str, float] | None = None,
+    scale_from_clinical: bool = False,
 ) -> IngestResult:
     """Build a cohort from a folder of FCS files and a clinical table.
 
@@ -98,18 +104,24 @@ def ingest_fcs(
     else the file stem). A file that cannot be used is skipped with its reason
     (``strict``: the first such file raises). Splits come from a ``split`` column, else
     ``assign_splits(n, seed)``. ``on_file(path, problem_or_None)`` reports progress.
+
+    Channels in instrument units: ``scales`` (role -> factor) multiply every file's channel;
+    ``scale_from_clinical`` derives each file's factors from the table's ``mcv`` (volume)
+    and ``mch`` (hemoglobin) columns (``units.clinical_scales``). The factors applied are
+    stored per sample (``scale_volume``, ``scale_hemoglobin``) and summarised in
+    ``IngestResult.scales``; a file still outside the units the gate knows is skipped by name.
     """
     import pandas as pd
 
     from flowrbc import pp
     from flowrbc.errors import FlowrbcError
-    from flowrbc.io.channels import resolve_channels
     from flowrbc.io.fcs import read_fcs_data
 
     directory = Path(directory)
     if not directory.is_dir():
         raise CohortError(f"{directory}: not a directory")
     table = read_clinical(clinical)
+    derived = _derived_roles(table, clinical, scales) if scale_from_clinical else []
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".fcs")
     if not files:
         raise CohortError(f"{directory}: no .fcs files")
@@ -120,6 +132,7 @@ def ingest_fcs(
     rows: list[int] = []
     used_files: list[str] = []
     qcs: list[dict] = []
+    applied: list[dict[str, float]] = []
     names: list[str] | None = None
     skipped: list[tuple[str, str]] = []
     for path in files:
@@ -136,10 +149,14 @@ def ingest_fcs(
             if row in rows:
                 raise CohortError(f"{path}: clinical row {table['sample_id'].iloc[row]!r} already matched by another file")
             x = data.events[:, [cols["volume"], cols["hemoglobin"]]]  # (n_events, 2)
+            factors = _file_scales(x, table, row, derived, scales)
+            x = apply_scales(x, ROLES, factors)  # float64
+            chans = [data.names[cols[r]] for r in ROLES]
+            check_units(path, x, ROLES, chans, reference_ranges(ROLES), factors)
             qc = pp.qc_summary(x)
             keep = pp.rbc_gate(x[:, 0], x[:, 1])
             if not keep.any():
-                raise CohortError(f"{path}: no event passes the RBC gate ({len(x)} events)")
+                raise no_cells_error(path, x, ROLES, chans, factors)
         except (FlowrbcError, OSError) as exc:
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             if strict:
@@ -152,6 +169,7 @@ def ingest_fcs(
             rows.append(row)
             used_files.append(path.name)
             qcs.append(qc)
+            applied.append(factors)
         if on_file is not None:
             on_file(path, problem)
     if not parts:
@@ -164,6 +182,9 @@ def ingest_fcs(
     counts = np.array([len(p) for p in parts], dtype=np.int64)
     samples["n_cells"] = counts
     qc_df = pd.DataFrame(qcs, index=samples.index)
+    scaled_roles = [r for r in ROLES if any(r in f for f in applied)]
+    for role in scaled_roles:
+        samples[f"scale_{role}"] = [f.get(role, 1.0) for f in applied]
     for k in ("n_events", "n_gated", "n_nonfinite"):  # counted on the raw events
         samples[k] = qc_df[k].to_numpy()
     X = np.concatenate(parts)
@@ -177,5 +198,39 @@ def ingest_fcs(
     unmatched = [str(s) for i, s in enumerate(table["sample_id"]) if i not in used]
     cohort = Cohort(X=X, offsets=offsets, samples=samples, channels=names,
                     roles={"volume": names[0], "hemoglobin": names[1]}, source=str(directory))
-    return IngestResult(cohort=cohort, skipped=skipped, unmatched_rows=unmatched)
+    summary = {role: _spread(samples[f"scale_{role}"].to_numpy(), "clinical " + CLINICAL[role]
+                             if role in derived else "given") for role in scaled_roles}
+    return IngestResult(cohort=cohort, skipped=skipped, unmatched_rows=unmatched, scales=summary)
+
+
+def _derived_roles(table, clinical, scales: dict[str, float] | None) -> list[str]:
+    """Roles whose factors the clinical table can give (its mcv / mch columns)."""
+    roles = [r for r, col in CLINICAL.items() if col in table.columns]
+    if not roles:
+        raise CohortError(f"{clinical}: deriving scales needs an 'mcv' and/or 'mch' column "
+                          f"(has {', '.join(map(str, table.columns))})")
+    for r in roles:
+        if table[CLINICAL[r]].dtype.kind not in "biuf":
+            raise CohortError(f"{clinical}: column {CLINICAL[r]!r} is not numeric")
+    both = [r for r in roles if r in (scales or {})]
+    if both:
+        raise CohortError(f"--scale {both[0]} given and the clinical {CLINICAL[both[0]]} would derive it: choose one")
+    return roles
+
+
+def _file_scales(x: np.ndarray, table, row: int, derived: list[str],
+                 scales: dict[str, float] | None) -> dict[str, float]:
+    """This file's factors: the given ``scales`` and, for ``derived`` roles, the factors
+    that bring its gated cells' means to the clinical MCV / MCH of its row."""
+    if not derived:
+        return dict(scales or {})
+    means = {r: float(table[CLINICAL[r]].iloc[row]) for r in derived}
+    return clinical_scales(x, ROLES, means, fixed=scales)
+
+
+def _spread(factors: np.ndarray, source: str) -> dict:
+    """How much one role's factors vary across files: mean, CV (%), min, max."""
+    mean = float(factors.mean())
+    return {"source": source, "mean": mean, "cv_percent": float(100 * factors.std() / mean) if mean else 0.0,
+            "min": float(factors.min()), "max": float(factors.max()), "files": int(len(factors))}
 

@@ -130,3 +130,68 @@ def test_import_flowrbc(tmp_path):
         del f["test_labels"]
     res = runner.invoke(app, ["import-flowrbc", str(p), "-o", str(tmp_path / "x.h5ad")])
     assert res.exit_code == 1 and "test_labels" in res.output
+
+
+@pytest.fixture(scope="module")
+def cytometer_dir(simdir, tmp_path_factory):
+    """The simulated files as a flow cytometer would store them (FSC-A / SSC-A, instrument units)."""
+    import shutil
+
+    from tests.instrument_units import to_instrument_units
+
+    out = tmp_path_factory.mktemp("cytometer")
+    for f in sorted(simdir.glob("*.fcs")):
+        to_instrument_units(f, out / f.name)
+    shutil.copy(simdir / "clinical.csv", out / "clinical.csv")
+    return out
+
+
+def test_ingest_instrument_units_refused_by_channel_then_scaled(simdir, cytometer_dir, tmp_path):
+    from tests.instrument_units import FACTORS
+
+    d = cytometer_dir
+    args = ["ingest", str(d), "--clinical", str(d / "clinical.csv"), "--channel", "volume=FSC-A",
+            "--channel", "hemoglobin=SSC-A"]
+    res = runner.invoke(app, args + ["-o", str(tmp_path / "none.h5ad")], env={"COLUMNS": "300"})
+    assert res.exit_code == 1 and "no usable FCS file (12 skipped)" in res.output
+    assert "channel 'FSC-A' (volume) has median" in res.output and "--scale volume=FACTOR" in res.output
+
+    given = tmp_path / "given.h5ad"
+    scales = ["--scale", f"volume={FACTORS['volume']}", "--scale", f"hemoglobin={FACTORS['hemoglobin']}"]
+    res = runner.invoke(app, args + scales + ["-o", str(given)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "volume scale (given): 0.0009 for every file" in res.output
+    plain = tmp_path / "plain.h5ad"
+    assert runner.invoke(app, ["ingest", str(simdir), "--clinical", str(simdir / "clinical.csv"), "-o", str(plain)]).exit_code == 0
+    a, b = read_cohort(given), read_cohort(plain)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-6)
+    assert (a.samples["scale_volume"] == FACTORS["volume"]).all() and "scale_volume" not in b.samples
+
+
+def test_ingest_scale_from_clinical_mcv_and_mch(cytometer_dir, tmp_path):
+    from tests.instrument_units import FACTORS
+
+    d = cytometer_dir
+    out = tmp_path / "derived.h5ad"
+    args = ["ingest", str(d), "--clinical", str(d / "clinical.csv"), "--channel", "volume=FSC-A",
+            "--channel", "hemoglobin=SSC-A", "--scale-from-clinical"]
+    res = runner.invoke(app, args + ["-o", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "volume scale (clinical mcv): mean" in res.output and "CV" in res.output and "over 12 files" in res.output
+    s = read_cohort(out).samples
+    clinical = pd.read_csv(d / "clinical.csv").set_index("sample_id").loc[s.index]
+    # each file's gated cells now have the analyser's MCV and MCH as their means
+    np.testing.assert_allclose(s["qc_mcv"], clinical["mcv"], rtol=2e-3)
+    np.testing.assert_allclose(s["qc_mch"], clinical["mch"], rtol=2e-3)
+    # and the factors are the instrument's, up to the sampling noise of 120 cells
+    np.testing.assert_allclose(s["scale_volume"], FACTORS["volume"], rtol=0.05)
+    np.testing.assert_allclose(s["scale_hemoglobin"], FACTORS["hemoglobin"], rtol=0.05)
+    assert s["scale_volume"].std() > 0  # per file, not one factor for all
+
+    res = runner.invoke(app, args + ["--scale", "volume=0.001", "-o", str(tmp_path / "x.h5ad")])
+    assert res.exit_code == 1 and "choose one" in res.output
+    no_mcv = tmp_path / "clin.csv"
+    pd.read_csv(d / "clinical.csv").drop(columns=["mcv", "mch"]).to_csv(no_mcv, index=False)
+    res = runner.invoke(app, ["ingest", str(d), "--clinical", str(no_mcv), "--scale-from-clinical",
+                              "--channel", "volume=FSC-A", "--channel", "hemoglobin=SSC-A"])
+    assert res.exit_code == 1 and "needs an 'mcv' and/or 'mch' column" in res.output

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from flowrbc.cli import app
+from flowrbc.cli._format import number
 from flowrbc.io.fcs import write_fcs_arrays
 from tests.io.fcs_builders import int_file
 
@@ -61,3 +66,59 @@ def test_info_bad_files(tmp_path):
         assert name in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["info", str(_good(tmp_path)), "--dataset", "3"])
     assert res.exit_code == 1 and "data set 3 requested" in res.output
+
+
+_NAMES = ["FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "FITC-A", "PE-A", "PerCP-Cy5-5-A",
+          "PE-Cy7-A", "APC-A", "APC-Cy7-A", "BV421-A", "BV510-A", "BV605-A", "Time"]
+_LABELS = [None] * 6 + ["CD235a glycophorin A", "CD71 transferrin receptor", "Viability dye", "CD45",
+                        "Ki-67", "CD3", "CD19", "CD14", "HLA-DR", None]
+
+
+def _cytometer16(tmp_path):
+    rng = np.random.default_rng(0)
+    ev = rng.uniform(-1234.567, 262143.9, (400, 16))  # (events, channels) 18-bit instrument units
+    ev[:, 12] *= 1e-9  # tiny and huge magnitudes: engineering notation
+    ev[:, 13] *= 16384.0
+    ev[:, 15] = np.arange(400) * 12.25
+    kw = {f"$P{i}R": "262144" for i in range(1, 17)} | {"$P14R": "4294967296", "$CYT": "LSRFortessa X-20"}
+    return write_fcs_arrays(tmp_path / "cytometer16.fcs", ev.astype(np.float32), _NAMES, _LABELS, kw)
+
+
+def test_info_piped_at_80_columns_shows_every_number(tmp_path):
+    path = _cytometer16(tmp_path)
+    env = {**os.environ, "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "flowrbc", "info", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout  # a pipe, no tty
+    full = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, env=env, check=True).stdout)
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    assert full["channels"][13]["range"] == 4294967296.0  # --json keeps every digit
+    rows = {int(t[0]): t for t in (line.split() for line in out.splitlines()) if t and t[0].isdigit() and len(t) >= 9}
+    assert sorted(rows) == list(range(1, 17))
+    for i, c in enumerate(full["channels"], start=1):
+        want = [number(c["range"]), str(c["bits"]), c["amplification"], number(c["gain"]),
+                number(c["min"]), number(c["median"]), number(c["max"])]
+        assert rows[i][-7:] == want, (c["name"], rows[i])
+    assert "262.1k" in rows[1] and "4.295G" in rows[14] and any("e-6" in v for v in rows[13])
+
+
+def test_info_names_an_uncalibrated_channel_and_its_scale(tmp_path):
+    from tests.instrument_units import FACTORS, to_instrument_units
+
+    src = _good(tmp_path)
+    path = to_instrument_units(src, tmp_path / "cyt.fcs")
+    mapped = ["--channel", "volume=FSC-A", "--channel", "hemoglobin=SSC-A"]
+    res = runner.invoke(app, ["info", str(path), *mapped], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "channel 'FSC-A' (volume) has median" in res.output and "--scale volume=FACTOR" in res.output
+    scales = ["--scale", f"volume={FACTORS['volume']}", "--scale", f"hemoglobin={FACTORS['hemoglobin']}"]
+    res = runner.invoke(app, ["info", str(path), *mapped, *scales, "--json"])
+    units = json.loads(res.output)["units"]
+    assert units["volume"]["channel"] == "FSC-A" and units["volume"]["scale"] == FACTORS["volume"]
+    assert units["volume"]["median"] == pytest.approx(90.0, rel=1e-5) and units["volume"]["problem"] is None
+    assert units["hemoglobin"]["median"] == pytest.approx(29.0, rel=1e-5)
+    res = runner.invoke(app, ["info", str(path), *mapped, *scales], env={"COLUMNS": "200"})
+    assert "volume = FSC-A ×0.0009 (median 90 fL)" in res.output and "warning" not in res.output
+    for bad, why in ((["--scale", "volume=-2"], "positive FACTOR"), (["--scale", "volume"], "ROLE=FACTOR"),
+                     (["--scale", "platelets=2"], "unknown role"), (["--channel", "volume=FL9"], "'FL9'")):
+        res = runner.invoke(app, ["info", str(path), *mapped, *bad])
+        assert res.exit_code == 1 and why in res.output and "Traceback" not in res.output, res.output

@@ -1,6 +1,9 @@
 """flowrbc train / predict / evaluate through the typer app."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -107,3 +110,56 @@ def test_predict_sex_and_age_options(trained):
     assert table.exit_code == 0 and "sex, age" in table.stdout
     bad = runner.invoke(app, ["predict", fcs, "--model", model, "--sex", "X"])
     assert bad.exit_code == 1 and "--sex 'X': use M or F" in bad.stderr
+
+
+def _piped(args: list[str]) -> str:
+    """stdout of ``flowrbc ARGS`` run as in ``| cat``: a pipe, no terminal, 80 columns."""
+    env = {**os.environ, "COLUMNS": "80"}
+    res = subprocess.run([sys.executable, "-m", "flowrbc", *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout and max(len(line) for line in res.stdout.splitlines()) <= 80, res.stdout
+    return res.stdout
+
+
+def test_predict_instrument_units_explain_then_scale_recorded_in_every_format(trained, tmp_path):
+    from tests.instrument_units import FACTORS, to_instrument_units
+
+    root, _ = trained
+    model = str(root / "runs" / "a" / "model.pt")
+    sources = sorted((root / "fcs").glob("S*.fcs"))
+    for i, f in enumerate(sources):  # long export names, as cytometers write them
+        to_instrument_units(f, tmp_path / f"2026-12-02_RBC_panel_tube_{i:03d}_specimen_{f.stem}_export.fcs")
+    mapped = ["--channel", "volume=FSC-A", "--channel", "hemoglobin=SSC-A"]
+    out = runner.invoke(app, ["predict", str(tmp_path), "--model", model, *mapped])
+    assert out.exit_code == 1 and out.stderr.count("error:") == 2 and "Traceback" not in out.output
+    assert "channel 'FSC-A' (volume) has median" in out.stderr and "--scale volume=FACTOR" in out.stderr
+
+    scales = ["--scale", f"volume={FACTORS['volume']}", "--scale", f"hemoglobin={FACTORS['hemoglobin']}"]
+    out = runner.invoke(app, ["predict", str(tmp_path), "--model", model, *mapped, *scales, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    direct = json.loads(runner.invoke(app, ["predict", *map(str, sources), "--model", model, "--format", "json"]).stdout)
+    for r, d in zip(rows, direct):
+        assert r["scale_volume"] == FACTORS["volume"] and r["scale_hemoglobin"] == FACTORS["hemoglobin"]
+        assert r["hematocrit"] == pytest.approx(d["hematocrit"], rel=1e-4)
+    csv = runner.invoke(app, ["predict", str(tmp_path), "--model", model, *mapped, *scales, "--format", "csv"])
+    header = csv.stdout.splitlines()[0].split(",")
+    assert "scale_volume" in header and "scale_hemoglobin" in header
+    table = _piped(["predict", str(tmp_path), "--model", model, *mapped, *scales])
+    assert "scaled: volume ×0.0009, hemoglobin ×0.0003" in " ".join(table.split())
+    for r in rows:
+        assert f"{r['hematocrit']:.1f} ({r['hematocrit_low']:.1f}–{r['hematocrit_high']:.1f})" in table
+        assert f"({r['anemia_probability']:.2f})" in table
+
+
+def test_evaluate_table_at_80_columns_matches_json(trained):
+    from flowrbc.cli._format import number
+
+    root, _ = trained
+    args = ["evaluate", str(root / "runs" / "a" / "model.pt"), str(root / "cohort.h5ad"), "--split", "all"]
+    result = json.loads(runner.invoke(app, args + ["--format", "json"]).stdout)
+    table = _piped(args)
+    rows = {(t[0], t[1]): t[2] for t in (line.replace("│", " ").split() for line in table.splitlines()) if len(t) == 3}
+    for target, metrics in result["metrics"].items():
+        for key, value in metrics.items():
+            assert rows[(target, key)] == number(value), (target, key)

@@ -172,6 +172,57 @@ def test_bytes_after_data_are_normal(tmp_path):
     assert d.warnings == []
 
 
+
+# ---------------------------------------------------------------- supplemental TEXT
+
+
+def _with_stext(stext: bytes, begin: str | None = None, end: str | None = None) -> bytes:
+    """INTS, then ``stext`` after DATA; $BEGINSTEXT/$ENDSTEXT point at it unless given."""
+    def build(b: str, e: str) -> bytes:
+        return int_file(INTS, [8] * 3, [256] * 3, after=stext,
+                        extra={"$CYT": "Lab", "$BEGINSTEXT": b, "$ENDSTEXT": e})
+
+    s0 = len(build("0" * 10, "0" * 10)) - len(stext)  # offsets of fixed width: same layout
+    return build(str(s0).zfill(10) if begin is None else begin,
+                 str(s0 + len(stext) - 1).zfill(10) if end is None else end)
+
+
+def test_supplemental_text_adds_keywords_but_never_overrides(tmp_path):
+    d = read(write(tmp_path, "s.fcs", _with_stext(b"/$SRC/blood 7/$CYT/Other/$TOT/999/")))
+    np.testing.assert_array_equal(d.events, INTS)
+    assert d.keywords["$SRC"] == "blood 7" and d.keywords["$CYT"] == "Lab"
+    assert d.keywords["$TOT"] == "3" and d.warnings == []
+
+
+def test_supplemental_text_that_is_not_text_is_ignored_with_warning(tmp_path):
+    # an instrument's own binary block (a zip archive here) where $BEGINSTEXT points
+    blob = b"PK\x03\x04" + bytes(range(256)) + b"/$SRC/x/"
+    path = write(tmp_path, "partec.fcs", _with_stext(blob))
+    with pytest.warns(FCSWarning) as caught:
+        d = read_fcs_data(path)
+    np.testing.assert_array_equal(d.events, INTS)
+    assert "$SRC" not in d.keywords and d.keywords["$CYT"] == "Lab"
+    s0 = path.stat().st_size - len(blob)
+    msg = str(caught[-1].message)
+    assert msg.startswith(f"{path}: supplemental TEXT ($BEGINSTEXT={s0}, $ENDSTEXT={s0 + len(blob) - 1})")
+    assert "starts with b'P'" in msg and msg.endswith("ignored")
+
+
+@pytest.mark.parametrize("stext,begin,end,why", [
+    (b"\x03\x0c/$SRC/x/", None, None, "not the TEXT delimiter"),  # binary, not alphanumeric
+    (b"|$SRC|x|", None, None, "not the TEXT delimiter"),  # another delimiter than TEXT's
+    (b"/$SRC/x/", "0000000100", "0099999999", "beyond the end of the file"),
+    (b"/$SRC/x/", "0000000200", "0000000100", "not a valid byte range"),
+    (b"/$SRC/x/", "0000000002", "0000000009", "not a valid byte range"),  # inside the HEADER
+    (b"/$SRC/x/", "twelve", "0000000100", "is not a number"),
+])
+def test_bad_supplemental_text_never_stops_a_read(tmp_path, stext, begin, end, why):
+    d = read(write(tmp_path, "bad.fcs", _with_stext(stext, begin, end)))
+    np.testing.assert_array_equal(d.events, INTS)
+    assert "$SRC" not in d.keywords
+    assert [w for w in d.warnings if "supplemental TEXT" in w and why in w], d.warnings
+
+
 def _two_datasets() -> bytes:
     second = int_file(INTS[:2] * 2, [16] * 3, [1024] * 3, names=["X", "Y", "Z"])
     first_probe = int_file(INTS, [8] * 3, [256] * 3, nextdata=0)
