@@ -101,13 +101,15 @@ def _summary_table(true: np.ndarray, pred: np.ndarray, values: list[dict], group
         rows.append(f'<tr><td>{E(label)}</td><td class="num">{mask.sum()}</td><td class="num">{e.mean():+.2f}</td>'
                     f'<td class="num">{np.abs(e).mean():.2f}</td><td class="num">{np.sqrt((e ** 2).mean()):.2f}</td>'
                     f'<td class="num">{cov}</td></tr>')
-    return ("<table><tr><th>group</th><th>n</th><th>bias (pred − true)</th><th>MAE</th><th>RMSE</th>"
-            "<th>interval coverage</th></tr>" + "".join(rows) + "</table>")
+    return ("<table><tr><th>group</th><th class=\"num\">n</th><th class=\"num\">bias (pred − true)</th>"
+            "<th class=\"num\">MAE</th><th class=\"num\">RMSE</th><th class=\"num\">interval coverage</th></tr>" + "".join(rows) + "</table>")
 
 
 def _sample_table(samples, idx, values: list[dict], links: dict[int, str]) -> str:
     cols = [c for c in ("sex", "age", "condition") if c in samples.columns]
-    head = "".join(f"<th>{c}</th>" for c in ["sample", *cols, "true Hct", "predicted Hct", "anemia (p)", "QC"])
+    numeric = ("true Hct", "predicted Hct")
+    head = "".join(f'<th{" class=num" if c in numeric else ""}>{c}</th>'
+                   for c in ["sample", *cols, *numeric, "anemia (p)", "QC"])
     rows = []
     for j, (sid, s) in enumerate(samples.iloc[idx].iterrows()):
         v = values[j]
@@ -175,6 +177,7 @@ def report_cohort(loaded, cohort, out_dir: str | os.PathLike, *, split: str = "t
     body = (f"<h2>Summary</h2><p>{E(split)} split: {len(idx)} samples, predicted with {E(info.description)} "
             f"({E(info.version)}), seed {seed}. Per-patient pages: {len(written)} of {len(idx)}.</p>"
             + "<ul>" + "".join(f"<li>{E(s)}</li>" for s in lines) + "</ul>"
+            + "<h2>Hematocrit predicted vs true, anemia calibration, error by group</h2>"
             + f'<img class="figure" alt="cohort figures" src="{data_uri(png)}">'
             + '<p class="muted">Top left: each dot a sample; grey band: the calibrated interval around the '
               "prediction. Top right: samples binned by predicted anemia probability; a calibrated model's dots "

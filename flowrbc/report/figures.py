@@ -34,9 +34,11 @@ def _pyplot():
     return plt
 
 
-def png_bytes(fig, dpi: int = 110) -> bytes:
+def png_bytes(fig, dpi: int = 110, tight: bool = True) -> bytes:
+    """``tight`` crops to the drawn content, at the cost of a second draw (the patient figure
+    sets its margins instead: it is drawn once per patient)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None, facecolor="white")
     _pyplot().close(fig)
     return buffer.getvalue()
 
@@ -60,7 +62,7 @@ def _cytogram(ax, cells: np.ndarray, healthy: dict | None) -> None:
     x0, x1, y0, y1 = VOLUME_EDGES[0], VOLUME_EDGES[-1], HEMOGLOBIN_EDGES[0], HEMOGLOBIN_EDGES[-1]
     hb = ax.hexbin(v, h, gridsize=(56, 30), extent=(x0, x1, y0, y1), mincnt=1, bins="log", cmap="Blues",
                    linewidths=0.1)
-    ax.figure.colorbar(hb, ax=ax, pad=0.01, fraction=0.05, label="cells per hexagon (log scale)")
+    ax.figure.colorbar(hb, ax=ax, pad=0.01, fraction=0.05, label="cells per hexagon")
     for x in (ix.MICRO_FL, ix.MACRO_FL):
         ax.axvline(x, color=BOUND, ls="--", lw=0.9)
     xs = np.array([0.0, x1])
@@ -115,7 +117,8 @@ def patient_figure(cells: np.ndarray, healthy: dict | None, title: str = "") -> 
     """The cytogram and both histograms of one sample's gated cells (n, 2) -> PNG bytes."""
     plt = _pyplot()
     fig = plt.figure(figsize=(11.0, 4.8))
-    grid = fig.add_gridspec(2, 2, width_ratios=(1.25, 1.0), hspace=0.55, wspace=0.32)
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.25, 1.0), hspace=0.55, wspace=0.42, left=0.065, right=0.985,
+                            bottom=0.105, top=0.9)
     _cytogram(fig.add_subplot(grid[:, 0]), cells, healthy)
     bands = healthy or {}
     _histogram(fig.add_subplot(grid[0, 1]), cells[:, 0], VOLUME_EDGES, bands.get("volume_band"),
@@ -124,7 +127,7 @@ def patient_figure(cells: np.ndarray, healthy: dict | None, title: str = "") -> 
                "cell hemoglobin content", "pg")
     if title:
         fig.suptitle(title, fontsize=11, x=0.01, ha="left")
-    return png_bytes(fig)
+    return png_bytes(fig, tight=False)
 
 
 def cohort_figure(true: np.ndarray, pred: np.ndarray, halfwidth: float | None, anemia: np.ndarray | None,

@@ -32,7 +32,7 @@ h1{font-size:21px;margin:8px 0 2px}h2{font-size:16px;margin:18px 0 6px;border-bo
 .meta{color:#495057;margin:0}.grid{display:flex;gap:18px;flex-wrap:wrap}.card{flex:1 1 330px;border:1px solid #dee2e6;
 border-radius:6px;padding:10px 14px}.big{font-size:26px;font-weight:700}.muted{color:#6c757d;font-size:12.5px}
 table{border-collapse:collapse;width:100%}th,td{padding:4px 8px;border-bottom:1px solid #e9ecef;text-align:left;
-vertical-align:top}th{background:#f1f3f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+vertical-align:top}th{background:#f1f3f5;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .flag-low,.flag-high{color:#c92a2a;font-weight:700}.flag-normal{color:#2b8a3e}.yes{color:#c92a2a}.no{color:#2b8a3e}
 .qc{border-left:4px solid #f08c00;background:#fff9db;padding:6px 10px;margin:6px 0}.qc b{display:block}
 .ok{border-left:4px solid #2b8a3e;background:#ebfbee;padding:6px 10px}img.figure{width:100%;max-width:1150px;
@@ -245,7 +245,7 @@ def _indices_section(case: PatientCase, model: ModelInfo, sources: Sources) -> s
         mentzer = (f"<p>Mentzer index MCV / RBC = {values['mcv']:.1f} / {case.rbc_count:g} = <b>{index:.1f}</b>: "
                    f"{E(favours)} (cut-off {ix.MENTZER_CUTOFF:g}; meaningful in a microcytic sample) "
                    f"{sources.cite(ix.MENTZER_SOURCE)}.</p>")
-    return ("<h2>Red-cell indices from the cells</h2><table><tr><th>index</th><th>definition</th><th>value</th>"
+    return ("<h2>Red-cell indices from the cells</h2><table><tr><th>index</th><th>definition</th><th class=\"num\">value</th>"
             "<th>unit</th><th>reference interval</th><th>flag</th></tr>" + "".join(rows) + "</table>"
             f'<p class="muted">Computed from the {len(case.cells)} gated cells of this file; CHC = 100 · HC / V '
             f"(g/dL). Micro/macro/hypo/hyper bounds {bounds}.</p>{mentzer}")
@@ -256,7 +256,7 @@ def _figure_section(png: bytes, model: ModelInfo, sources: Sources) -> str:
     if model.healthy is not None:
         h = model.healthy
         healthy = (f"Orange: the healthy region of the model's training cohort — {E(h['selection'])}, "
-                   f"{h['n_patients']} patients, {h['n_cells']} cells — as the smallest areas holding 50 % and "
+                   f"{h['n_patients']:,} patients, {h['n_cells']:,} cells — as the smallest areas holding 50 % and "
                    f"90 % of their cells; in the histograms, the grey band spans the 5th–95th percentile of "
                    f"those patients' histograms and the dashed line their median.")
     else:

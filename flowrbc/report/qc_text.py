@@ -51,9 +51,10 @@ TEXT = {
         "sexes.")),
 }
 
-FAILURE = ("This file could not be analysed", "No prediction was made: {message}. Check that the file is the "
-           "red-cell export of the analyser and that it holds the cell volume and hemoglobin channels; map other "
-           "channel names with --channel volume=NAME --channel hemoglobin=NAME.")
+FAILURE = ("This file could not be analysed",
+           ("No prediction was made: {message}. Check that the file is the red-cell export of the analyser and "
+            "that it holds the cell volume and hemoglobin channels; map other channel names with "
+            "--channel volume=NAME --channel hemoglobin=NAME."))
 
 
 def describe(flag: str, case: dict[str, Any]) -> tuple[str, str]:
