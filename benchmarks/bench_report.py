@@ -1,8 +1,9 @@
 """Report rendering time per patient: prediction, figure (PNG) and page, each timed.
 
-Simulates FCS files (5,000 cells each, the examples' size), then renders every file's page
-with the given checkpoint, several times, and prints the median seconds per patient of each
-step (wall clock), and the CPU time of figure + page. The first page pays matplotlib's import and font set-up; it is timed apart.
+Simulates FCS files (5,000 cells each, the examples' size), then predicts and renders each
+file's page with the given checkpoint and prints the median seconds per patient of each step
+(wall clock); a second rendering of each page measures the CPU time of figure + page. The
+first page pays matplotlib's import and font set-up; it is timed apart.
 
     python3 benchmarks/bench_report.py [--model runs/latest/model.pt] [--patients 8] [--cells 5000]
 """
@@ -58,7 +59,8 @@ def main() -> None:
             case, t_case = _timed(file_case, model, pred, None, 0, None)
             png, t_fig = _timed(patient_figure, case.cells, info.healthy, case.name)
             _, t_page = _timed(patient_page, case, info, png)
-            for key, value in zip(steps, (t_pred, t_case, t_fig, t_page, t_pred + t_case + t_fig + t_page)):
+            total = t_pred + t_case + t_fig + t_page
+            for key, value in zip(steps, (t_pred, t_case, t_fig, t_page, total), strict=True):
                 steps[key].append(value)
             t = time.process_time()
             _render(case, info)

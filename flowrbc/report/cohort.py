@@ -102,7 +102,8 @@ def _summary_table(true: np.ndarray, pred: np.ndarray, values: list[dict], group
                     f'<td class="num">{np.abs(e).mean():.2f}</td><td class="num">{np.sqrt((e ** 2).mean()):.2f}</td>'
                     f'<td class="num">{cov}</td></tr>')
     return ("<table><tr><th>group</th><th class=\"num\">n</th><th class=\"num\">bias (pred − true)</th>"
-            "<th class=\"num\">MAE</th><th class=\"num\">RMSE</th><th class=\"num\">interval coverage</th></tr>" + "".join(rows) + "</table>")
+            "<th class=\"num\">MAE</th><th class=\"num\">RMSE</th><th class=\"num\">interval coverage</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _sample_table(samples, idx, values: list[dict], links: dict[int, str]) -> str:

@@ -28,11 +28,13 @@ body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 au
 color:#212529;font-size:14px;line-height:1.4}
 .banner{background:#c92a2a;color:#fff;font-weight:700;text-align:center;padding:7px;margin:0 -18px 10px;
 letter-spacing:.02em}
-h1{font-size:21px;margin:8px 0 2px}h2{font-size:16px;margin:18px 0 6px;border-bottom:1px solid #dee2e6;padding-bottom:3px}
+h1{font-size:21px;margin:8px 0 2px}
+h2{font-size:16px;margin:18px 0 6px;border-bottom:1px solid #dee2e6;padding-bottom:3px}
 .meta{color:#495057;margin:0}.grid{display:flex;gap:18px;flex-wrap:wrap}.card{flex:1 1 330px;border:1px solid #dee2e6;
 border-radius:6px;padding:10px 14px}.big{font-size:26px;font-weight:700}.muted{color:#6c757d;font-size:12.5px}
 table{border-collapse:collapse;width:100%}th,td{padding:4px 8px;border-bottom:1px solid #e9ecef;text-align:left;
-vertical-align:top}th{background:#f1f3f5;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+vertical-align:top}th{background:#f1f3f5;font-weight:600}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .flag-low,.flag-high{color:#c92a2a;font-weight:700}.flag-normal{color:#2b8a3e}.yes{color:#c92a2a}.no{color:#2b8a3e}
 .qc{border-left:4px solid #f08c00;background:#fff9db;padding:6px 10px;margin:6px 0}.qc b{display:block}
 .ok{border-left:4px solid #2b8a3e;background:#ebfbee;padding:6px 10px}img.figure{width:100%;max-width:1150px;
@@ -181,8 +183,9 @@ def _prediction_section(case: PatientCase, model: ModelInfo, sources: Sources) -
     cards = []
     if "hematocrit" in v:
         cov = v.get("hematocrit_coverage")
-        interval = (f"{fmt(v.get('hematocrit_low'))}–{fmt(v.get('hematocrit_high'))} %"
-                    f" ({cov:.0%} calibrated interval)" if v.get("hematocrit_low") is not None else "no calibrated interval")
+        interval = "no calibrated interval"
+        if v.get("hematocrit_low") is not None:
+            interval = f"{fmt(v['hematocrit_low'])}–{fmt(v.get('hematocrit_high'))} % ({cov:.0%} calibrated interval)"
         truth = (f'<p class="muted">recorded hematocrit: {fmt(case.truth["hematocrit"])} %</p>'
                  if "hematocrit" in case.truth else "")
         ref = sources.cite(f"{ix.LITERATURE_SOURCE}: hematocrit men 43.75 ± 2.99 %, women 38.49 ± 2.21 %; "
@@ -200,8 +203,8 @@ def _prediction_section(case: PatientCase, model: ModelInfo, sources: Sources) -
         cards.append(f'<div class="card"><b>Anemia</b><div class="big"><span class="{call}">{call}</span> '
                      f'<span class="muted">probability {p:.2f}</span></div>{probability_gauge(p, model.threshold)}'
                      f'<p class="muted">calibrated probability (temperature scaling on the validation split); '
-                     f'the call is “yes” at {model.threshold:g} or above (black line). Anemia as the model learned it: WHO '
-                     f'hemoglobin thresholds {who}.</p>{truth}</div>')
+                     f'the call is “yes” at {model.threshold:g} or above (black line). Anemia as the model '
+                     f'learned it: WHO hemoglobin thresholds {who}.</p>{truth}</div>')
     draws = v.get("draws")
     how = ("every gated cell, streamed" if draws == "all"
            else f"the average over {draws} random subsets of {model.cells} cells")
@@ -234,7 +237,8 @@ def _indices_section(case: PatientCase, model: ModelInfo, sources: Sources) -> s
     for name, spec in ix.INDICES.items():
         interval = ix.reference_interval(name, sex, model.healthy)
         flag = ix.flag(values[name], interval)
-        ref = f"{interval.low:.1f}–{interval.high:.1f} {sources.cite(interval.source)}" if interval else "no reference"
+        ref = (f"{interval.low:.1f}–{interval.high:.1f} {sources.cite(interval.source)}" if interval
+               else "no reference")
         rows.append(f'<tr><td>{E(spec.label)}</td><td class="muted">{E(spec.meaning)}</td>'
                     f'<td class="num">{fmt(values[name], 2 if name.startswith("pct") else 1)}'
                     f'</td><td>{E(spec.unit)}</td><td>{ref}</td><td class="flag-{flag}">{flag or "–"}</td></tr>')
@@ -245,8 +249,9 @@ def _indices_section(case: PatientCase, model: ModelInfo, sources: Sources) -> s
         mentzer = (f"<p>Mentzer index MCV / RBC = {values['mcv']:.1f} / {case.rbc_count:g} = <b>{index:.1f}</b>: "
                    f"{E(favours)} (cut-off {ix.MENTZER_CUTOFF:g}; meaningful in a microcytic sample) "
                    f"{sources.cite(ix.MENTZER_SOURCE)}.</p>")
-    return ("<h2>Red-cell indices from the cells</h2><table><tr><th>index</th><th>definition</th><th class=\"num\">value</th>"
-            "<th>unit</th><th>reference interval</th><th>flag</th></tr>" + "".join(rows) + "</table>"
+    return ("<h2>Red-cell indices from the cells</h2><table><tr><th>index</th><th>definition</th>"
+            "<th class=\"num\">value</th><th>unit</th><th>reference interval</th><th>flag</th></tr>"
+            + "".join(rows) + "</table>"
             f'<p class="muted">Computed from the {len(case.cells)} gated cells of this file; CHC = 100 · HC / V '
             f"(g/dL). Micro/macro/hypo/hyper bounds {bounds}.</p>{mentzer}")
 

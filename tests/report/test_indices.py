@@ -42,6 +42,6 @@ def test_mentzer_index():
 def test_highest_density_levels_hold_their_share():
     rng = np.random.default_rng(0)
     density, _, _ = np.histogram2d(rng.normal(size=20000), rng.normal(size=20000), bins=40)
-    for level, mass in zip(hdr_levels(density, (0.5, 0.9))[::-1], (0.5, 0.9)):
+    for level, mass in zip(hdr_levels(density, (0.5, 0.9))[::-1], (0.5, 0.9), strict=True):
         inside = density[density >= level].sum() / density.sum()
         assert mass <= inside < mass + 0.05
