@@ -8,7 +8,9 @@ tampering that still unpickles; anything else wrong gives one ``CheckpointError`
 Keys of ``model.pt``: ``format``, ``format_version``, ``model_config`` (ModelConfig.to_dict),
 ``train_config``, ``state_dict``, ``channels`` (list of [role, channel name] in input order),
 ``scaler`` (per-feature log flag, mean, std), ``calibration``, ``feature_ranges``,
-``moments`` (training moment-feature mean/sd for QC), ``metrics``, ``versions``,
+``moments`` (training moment-feature mean/sd for QC), ``healthy_reference`` (the training
+cohort's healthy cell density and histogram bands, for reports; ``flowrbc.report.reference``),
+``metrics``, ``versions``,
 ``fingerprint`` (of the training data), ``complete`` (False while training is under way),
 ``digest``.
 """

@@ -419,12 +419,15 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
     metrics, calibration, arrays = _finish(model, data, config, cohort, fresh)
     ranges, moments = _qc_reference(data)
+    from flowrbc.report.reference import healthy_reference  # the report's healthy contour and bands
+
+    healthy = healthy_reference(data.raw, data.offsets_np, cohort.samples, data.split["train"])
     metrics.update(best_epoch=result.best_epoch, epochs=config.epochs, cohort=cohort.source,
                    n={k: len(v) for k, v in data.split.items()},
                    wall_time_s=time.perf_counter() - t_start, device=str(device), world_size=world)
     save_checkpoint(run_dir / "model.pt", dict(meta, state_dict=result.best_state, complete=True,
                                                best_epoch=result.best_epoch, calibration=calibration,
-                                               feature_ranges=ranges, moments=moments,
+                                               feature_ranges=ranges, moments=moments, healthy_reference=healthy,
                                                metrics=_finite(metrics.get("test", {}))))
     _write_reports(run_dir, metrics, result.history, arrays if plots else None)
     update_latest(run_dir)

@@ -14,7 +14,7 @@ app = typer.Typer(
 
 
 # Each module registers its commands on ``app``; they import the library lazily.
-from flowrbc.cli import data, fcs, run, validate  # noqa: E402,F401
+from flowrbc.cli import data, fcs, report, run, validate  # noqa: E402,F401
 
 
 def main() -> None:

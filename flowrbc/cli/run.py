@@ -217,6 +217,8 @@ def predict(
                                                "SEX keyword, else unknown).")] = None,
     age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
                                                  "file's AGE keyword, else unknown).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write an HTML page + PNG per file "
+                                                   "into this directory (as `flowrbc report`).")] = None,
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
@@ -251,6 +253,11 @@ def predict(
                 msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
                 err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         _print_predictions([r.to_dict() for r in results], format)
+        if report is not None and results:
+            from flowrbc.report import write_patient_pages
+
+            pages = write_patient_pages(loaded, results, report, overrides=overrides, seed=seed)
+            err_console.print(f"wrote {len(pages)} report page(s) to {report}", highlight=False)
         if failed:
             raise typer.Exit(1)
 
