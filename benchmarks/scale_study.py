@@ -31,8 +31,8 @@ SIZES = (1400, 5000, 14000)
 FRESH_SEED = 2_000_003  # the study's own fresh cohort (not the one `flowrbc train` prints)
 MODELS = {
     "deepsets++": {},
-    "set_transformer++": {},  # ISAB with 32 inducing points, 4 heads: the papers' model
     "slot_set": {},
+    "set_transformer++": {},  # ISAB with 32 inducing points, 4 heads: the papers' model
 }
 
 
