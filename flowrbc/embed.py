@@ -119,6 +119,38 @@ def embeddings(loaded, cohort, idx: np.ndarray, seed: int = 0, draws: int = 4, b
     return np.concatenate(chunks).astype(np.float32)
 
 
+# scanpy 1.11 searches neighbours exactly (sklearn, brute force) below this many samples and
+# approximately (pynndescent) from it on, for the euclidean metric.
+APPROXIMATE_FROM = 8192
+
+
+def _readable_nndescent(n_obs: int, n_neighbors: int, seed: int):
+    """pynndescent's kNN transformer with the settings scanpy picks for ``n_obs`` samples, but
+    returning its graph as ``csr_matrix``: pynndescent 0.7 returns ``csr_array``, which lacks the
+    ``getnnz`` that scanpy 1.11 calls on the graph, so the search itself is scanpy's own."""
+    from pynndescent import PyNNDescentTransformer
+    from scipy.sparse import csr_matrix
+
+    class ReadableNNDescent(PyNNDescentTransformer):
+        def transform(self, X, y=None):
+            return csr_matrix(super().transform(X, y))
+
+    return ReadableNNDescent(n_neighbors=n_neighbors, random_state=seed,
+                             n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),  # umap's defaults
+                             n_iters=max(5, round(math.log2(n_obs))))
+
+
+def patient_neighbors(adata, *, n_neighbors: int, seed: int = 0) -> None:
+    """``sc.pp.neighbors`` on ``adata.X`` -> ``obsp['distances' | 'connectivities']``, on every cohort size.
+
+    Below ``APPROXIMATE_FROM`` samples scanpy's exact search runs as it is; from there on the
+    approximate search runs through ``_readable_nndescent`` so that scanpy can read its graph."""
+    import scanpy as sc
+
+    transformer = None if adata.n_obs < APPROXIMATE_FROM else _readable_nndescent(adata.n_obs, n_neighbors, seed)
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep="X", random_state=seed, transformer=transformer)
+
+
 def embed_cohort(model_path: str | os.PathLike, cohort, out: str | os.PathLike, *, seed: int = 0) -> dict[str, Path]:
     """Write a patient AnnData: X = set embeddings, obs = sample table + predictions,
     obsp/obsm from ``sc.pp.neighbors`` and ``sc.tl.umap``; and a UMAP PNG coloured by
@@ -141,7 +173,7 @@ def embed_cohort(model_path: str | os.PathLike, cohort, out: str | os.PathLike, 
             obs[col] = obs[col].astype(str)
     adata = anndata.AnnData(X=Z, obs=obs)
     adata.uns["flowrbc"] = {"model": str(model_path), "family": loaded.family}
-    sc.pp.neighbors(adata, n_neighbors=min(15, max(2, len(idx) - 1)), use_rep="X", random_state=seed)
+    patient_neighbors(adata, n_neighbors=min(15, max(2, len(idx) - 1)), seed=seed)
     sc.tl.umap(adata, random_state=seed)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.h5ad")
