@@ -129,7 +129,7 @@ def print_comparison(metrics: dict) -> None:
                       "sex and age — no predictor of the cells can beat it in expectation (synthetic cohorts; "
                       + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
                       + "flowrbc.bound)", highlight=False)
-    console.print("model − baseline: paired difference per patient ± its SE; ✓ model better, ✗ baseline "
+    console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
                   "better by more than 2 SE, otherwise a tie", highlight=False)
     cal = metrics.get("calibration", {})
     test = metrics.get("test", {}).get("model", {})
@@ -142,22 +142,24 @@ def print_comparison(metrics: dict) -> None:
 
 
 def _comparison_table(scores: dict, title: str) -> None:
+    """One row per metric; fits 80 columns."""
     from rich.table import Table
 
     from flowrbc.evaluation import verdict
 
     unknown = scores.get("model_covariates_unknown")
     table = Table(title=title)
-    cols = ["target", "metric", "model"] + (["no sex/age"] if unknown else []) + ["baseline", "model − baseline",
-                                                                                  "bound*"]
+    cols = ["metric", "model"] + (["no sex/age"] if unknown else []) + ["baseline", "Δ paired", "bound*"]
     for col in cols:
-        table.add_column(col, justify="left" if col in ("target", "metric") else "right", no_wrap=True)
-    shown = {"regression": ("mse", "mae", "r2", "coverage"), "binary": ("accuracy", "auroc", "brier", "ece")}
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
+    shown = {"regression": (("mse", "MSE"), ("mae", "MAE"), ("r2", "R²"), ("coverage", "coverage")),
+             "binary": (("accuracy", "accuracy"), ("auroc", "AUROC"), ("brier", "Brier"), ("ece", "ECE"))}
     bound_key = {"mse": "mse_realized"}
     for name, m in scores["model"].items():
         kind = "binary" if "accuracy" in m else "regression"
         paired = scores.get("paired", {}).get(name, {})
-        for key in shown[kind]:
+        label = "Hct" if name == "hematocrit" else name
+        for key, shown_as in shown[kind]:
             base = scores.get("baseline", {}).get(name, {}).get(key)
             orc = scores.get("bound", {}).get(name, {}).get(bound_key.get(key, key))
             extra = [_fmt(unknown.get(name, {}).get(key))] if unknown else []
@@ -166,7 +168,7 @@ def _comparison_table(scores: dict, title: str) -> None:
                 d = paired[key]
                 better = verdict(d, lower_is_better=key != "auroc")
                 diff = f"{d['diff']:+.3f} ± {d['se']:.3f}" + {"better": " ✓", "worse": " ✗", "tie": ""}[better]
-            table.add_row(name, key, _fmt(m.get(key)), *extra, _fmt(base), diff, _fmt(orc))
+            table.add_row(f"{label} {shown_as}", _fmt(m.get(key)), *extra, _fmt(base), diff, _fmt(orc))
     console.print(table)
 
 

@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 def test_train_prints_model_baseline_bound_and_paired_difference(trained):
     root, output = trained
     assert "baseline" in output and "bound" in output and "coverage" in output
-    assert "model − baseline" in output and " ± " in output
+    assert "Δ paired" in output and " ± " in output
     assert (root / "runs" / "a" / "learning_curves.png").is_file()
     assert (root / "runs" / "a" / "anemia_reliability.png").is_file()
 
