@@ -184,6 +184,16 @@ class _CohortData:
             self.y[name] = torch.tensor(np.where(ok, z, 0.0), dtype=torch.float32, device=device)
             self.mask[name] = torch.tensor(ok, dtype=torch.float32, device=device)
         self.train_rows = train_rows
+        self._moments = None
+
+    def moment_features(self):
+        """Moment features of every sample ``(F (S, n_features), names)``, computed once:
+        the moment baseline and the QC reference share them."""
+        if self._moments is None:
+            from flowrbc.metrics import moment_features
+
+            self._moments = moment_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
+        return self._moments
 
     def covariates_of(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Encoded covariates (B, k) of samples ``idx``; None for a model without them."""
@@ -207,25 +217,17 @@ def _qc_reference(data: _CohortData) -> tuple[dict, dict]:
     """Training ranges of the per-cell features and moment-feature statistics, for QC."""
     import numpy as np
 
-    from flowrbc.metrics import moment_features
-
     sub = data.raw[data.train_rows]
     ranges = {
         role: {"p001": float(np.percentile(sub[:, j], 0.1)), "p999": float(np.percentile(sub[:, j], 99.9)),
                "min": float(sub[:, j].min()), "max": float(sub[:, j].max())}
         for j, (role, _) in enumerate(data.channels)
     }
-    rows, offs = rows_of(data.offsets_np, data.split["train"])
-    F, names = moment_features(data.raw[rows, 0], data.raw[rows, 1], offs)
+    F, names = data.moment_features()
+    F = F[data.split["train"]]  # per-sample features: the same as from the training cells alone
     moments = {"names": names, "mean": F.mean(0).tolist(), "sd": F.std(0).tolist(),
                "min": F.min(0).tolist(), "max": F.max(0).tolist()}
     return ranges, moments
-
-
-def _moments_all(data: _CohortData):
-    from flowrbc.metrics import moment_features
-
-    return moment_features(data.raw[:, 0], data.raw[:, 1], data.offsets_np)
 
 
 def _oracle(samples, test_idx) -> dict[str, dict[str, float]]:
@@ -454,6 +456,24 @@ def _finite(obj):
     return obj
 
 
+_UNKNOWN = "|covariates_unknown"
+
+
+class _AlsoUnknown(torch.nn.Module):
+    """``model``'s heads with the given covariates and, as ``<head>|covariates_unknown``,
+    with every covariate unknown, both decoded from one encoder pass (the encoder never
+    sees covariates): the same draws and outputs as two separate predictions, half the work."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.model.embed(x)  # (B, D)
+        unknown = self.model.decode(z, None)
+        return {**self.model.decode(z, covariates), **{k + _UNKNOWN: v for k, v in unknown.items()}}
+
+
 def _finish(model, data: _CohortData, config: TrainConfig, cohort):
     """Calibrate on validation, evaluate model / baseline / oracle on test.
 
@@ -467,23 +487,29 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort):
     val, test = data.split["val"], data.split["test"]
     kw = dict(cells=config.cells, draws=config.draws, seed=config.seed + 2, batch_size=config.batch_size)
     has_cov = len(data.covariates.names) > 0
+    net, specs = model, data.specs
+    if has_cov:  # one encoder pass gives both: see _AlsoUnknown
+        net, specs = _AlsoUnknown(model), {**specs, **{k + _UNKNOWN: v for k, v in specs.items()}}
 
-    def run(idx, known: bool):
-        cov = data.cov[torch.as_tensor(idx, device=data.cov.device)] if has_cov and known else None
-        return predict_sets(model, data.X, data.offsets, idx, data.specs, covariates=cov, **kw)
+    def run(idx):
+        cov = data.cov[torch.as_tensor(idx, device=data.cov.device)] if has_cov else None
+        return predict_sets(net, data.X, data.offsets, idx, specs, covariates=cov, **kw)
 
-    calibration, test_metrics, arrays = _calibrate_and_test(data, config, run(val, True),
-                                                             run(test, True) if len(test) else None)
+    pv, pt = run(val), run(test) if len(test) else None
+    calibration, test_metrics, arrays = _calibrate_and_test(data, config, pv, pt)
     test_metrics = {"model": test_metrics, "baseline": {}, "oracle": {}}
     if has_cov:
-        cal_u, test_u, _ = _calibrate_and_test(data, config, run(val, False), run(test, False) if len(test) else None)
+        def unknown(p):
+            return None if p is None else {k: p[k + _UNKNOWN] for k in data.specs}
+
+        cal_u, test_u, _ = _calibrate_and_test(data, config, unknown(pv), unknown(pt))
         for name, cal in cal_u.items():
             calibration[name]["covariates_unknown"] = cal
         test_metrics["model_covariates_unknown"] = test_u
     if len(test):
         from flowrbc.metrics import classification_metrics, fit_moment_baseline, regression_metrics
 
-        F, names = _moments_all(data)
+        F, names = data.moment_features()
         F = np.concatenate([F, data.cov_raw], axis=1)  # the same covariates, NaN = unknown
         names = names + [f"covariate_{n}" for n in data.covariates.names]
         train_mask = np.isin(np.arange(len(F)), data.split["train"])

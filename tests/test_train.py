@@ -74,3 +74,26 @@ def test_covariate_dropout_hides_a_share_of_values():
     assert set(out.unique().tolist()) == {0.0, 1.0}
     assert abs(float((out == 0).float().mean()) - 0.2) < 0.02
     assert torch.equal(covariate_dropout(cov, 0.0, g), cov)
+
+
+def test_one_encoder_pass_predicts_with_and_without_covariates(cohort):
+    """The finishing step's shared pass equals two separate predictions, value for value."""
+    from flowrbc.models import ModelConfig, build_model
+    from flowrbc.predict import predict_sets
+    from flowrbc.train import _UNKNOWN, _AlsoUnknown, _CohortData
+
+    data = _CohortData(cohort, TrainConfig(**TINY), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="deepsets++", depth=1, width=16, covariates=2,
+                                    outputs={"hematocrit": 1, "anemia": 1}))
+    idx = data.split["val"]
+    cov = data.cov[torch.as_tensor(idx)]
+    kw = dict(cells=32, draws=2, seed=3, batch_size=7)
+    specs = {**data.specs, **{k + _UNKNOWN: v for k, v in data.specs.items()}}
+    both = predict_sets(_AlsoUnknown(model), data.X, data.offsets, idx, specs, covariates=cov, **kw)
+    known = predict_sets(model, data.X, data.offsets, idx, data.specs, covariates=cov, **kw)
+    unknown = predict_sets(model, data.X, data.offsets, idx, data.specs, **kw)
+    for name in data.specs:
+        assert (both[name] == known[name]).all()
+        assert (both[name + _UNKNOWN] == unknown[name]).all()
+        assert not (known[name] == unknown[name]).all()  # the covariates do change the outputs
