@@ -32,37 +32,103 @@ def _segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return offsets, counts
 
 
+_CANCEL_RATIO = 1e8  # mean^2 / var above which E[x^2] - mean^2 keeps fewer than ~8 digits (float64)
+
+
 def segment_mean_sd(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample mean and (population) SD of ``values`` (n_cells,) split by ``offsets``."""
+    r"""Per-sample mean and (population) SD of ``values`` (n_cells,) split by ``offsets``.
+
+    One pass of sums, :math:`\sigma^2 = \overline{x^2} - \bar x^2`; the samples where that
+    cancels (:math:`\bar x^2 > 10^8 \sigma^2`, e.g. a constant or one-cell sample) are
+    summed again as squared deviations from their mean.
+    """
     offsets, counts = _segments(offsets)
-    v = values.astype(np.float64)
-    mean = np.add.reduceat(v, offsets[:-1]) / counts
-    centred = v - np.repeat(mean, counts)
-    sd = np.sqrt(np.add.reduceat(centred * centred, offsets[:-1]) / counts)
-    return mean, sd
+    v = np.asarray(values, dtype=np.float64)
+    starts = offsets[:-1]
+    mean = np.add.reduceat(v, starts) / counts
+    var = np.maximum(np.add.reduceat(np.square(v), starts) / counts - mean * mean, 0.0)
+    bad = np.flatnonzero(mean * mean > _CANCEL_RATIO * var)
+    if len(bad):
+        n = counts[bad]
+        first = np.cumsum(n) - n  # each bad sample's start in the gathered cells
+        rows = np.repeat(starts[bad] - first, n) + np.arange(n.sum())
+        centred = v[rows] - np.repeat(mean[bad], n)
+        var[bad] = np.add.reduceat(centred * centred, first) / n
+    return mean, np.sqrt(var)
+
+
+_BUCKET_RATIO = 1.25  # samples padded into one block differ in length by less than this factor
+_BLOCK_CELLS = 1 << 22  # padded cells per sorted block (32 MiB of float64): bounds temporary memory
 
 
 def segment_percentiles(values: np.ndarray, offsets: np.ndarray, qs=PERCENTILES) -> np.ndarray:
-    """Per-sample percentiles (n_samples, len(qs)), linear interpolation as ``np.percentile``.
+    r"""Per-sample percentiles (n_samples, len(qs)), equal to ``np.percentile`` on each segment.
 
-    One stable sort by (sample, value) puts every sample's cells in order inside its segment;
-    percentile q of a segment of n cells sits at position q/100 · (n − 1) within it.
+    Linear interpolation: percentile q of a sorted segment s of n cells sits at the virtual
+    index :math:`v = (n - 1)\,q/100`; with :math:`j = \lfloor v \rfloor`, :math:`g = v - j` it is
+    :math:`s_j + g\,(s_{j+1} - s_j)` (numpy's two-sided form of that formula, so the results
+    are bit-identical). A segment holding NaN gives NaN.
+
+    No global sort: samples are grouped by length (within a factor ``_BUCKET_RATIO``), each
+    group is laid out as rows of a NaN-padded matrix (NaN sorts last) and sorted row-wise.
+    Samples of equal length stored one after another are a reshape of ``values`` (no gather).
     """
     offsets, counts = _segments(offsets)
-    sample = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((values, sample))
-    s = values[order].astype(np.float64)
-    pos = np.asarray(qs, dtype=np.float64)[None, :] / 100.0 * (counts[:, None] - 1)  # (S, Q)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, counts[:, None] - 1)
-    frac = pos - lo
-    start = offsets[:-1, None]
-    return s[start + lo] * (1 - frac) + s[start + hi] * frac
+    values = np.asarray(values)
+    q = np.true_divide(np.asarray(qs, dtype=np.float64), 100)  # as np.percentile divides
+    out = np.empty((len(counts), len(q)), dtype=np.float64)
+    for idx in _length_blocks(counts):
+        block = _sorted_block(values, offsets, counts, idx)  # (len(idx), max n) sorted rows
+        out[idx] = _interpolate(block, counts[idx], q)
+    return out
+
+
+def _length_blocks(counts: np.ndarray) -> list[np.ndarray]:
+    """Sample indices in groups of similar length, each at most ``_BLOCK_CELLS`` padded cells."""
+    order = np.argsort(counts, kind="stable")  # over samples, not cells
+    key = np.floor(np.log(counts[order]) / np.log(_BUCKET_RATIO)).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    blocks = []
+    for group in np.split(order, bounds):
+        rows = max(1, _BLOCK_CELLS // int(counts[group].max()))
+        blocks += [group[i : i + rows] for i in range(0, len(group), rows)]
+    return blocks
+
+
+def _sorted_block(values: np.ndarray, offsets: np.ndarray, counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Cells of samples ``idx`` as NaN-padded rows, each sorted ascending."""
+    n = counts[idx]
+    width = int(n.max())
+    first, last = int(idx[0]), int(idx[-1])
+    if n.min() == width and last - first == len(idx) - 1:  # equal lengths, stored in a run
+        return np.sort(values[offsets[first] : offsets[last + 1]].reshape(len(idx), width), axis=1)
+    cols = np.arange(width)
+    real = cols < n[:, None]  # (rows, width)
+    dtype = np.result_type(values.dtype, np.float32)  # floats keep their width; NaN needs a float
+    block = values[np.where(real, offsets[idx, None] + cols, 0)].astype(dtype, copy=False)
+    block[~real] = np.nan
+    block.sort(axis=1)
+    return block
+
+
+def _interpolate(block: np.ndarray, n: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Linear interpolation between order statistics, in numpy's arithmetic: (rows, Q)."""
+    virtual = (n[:, None] - 1) * q[None, :]  # (rows, Q)
+    lo = np.floor(virtual)
+    gamma = virtual - lo
+    lo = np.minimum(lo.astype(np.int64), n[:, None] - 1)
+    hi = np.minimum(lo + 1, n[:, None] - 1)
+    rows = np.arange(len(block))[:, None]
+    a, b = block[rows, lo].astype(np.float64), block[rows, hi].astype(np.float64)
+    diff = b - a
+    result = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    result[np.isnan(block[rows[:, 0], n - 1])] = np.nan  # NaN sorts last: a NaN segment
+    return result
 
 
 def segment_fraction(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     offsets, counts = _segments(offsets)
-    return np.add.reduceat(mask.astype(np.float64), offsets[:-1]) / counts
+    return np.add.reduceat(mask, offsets[:-1], dtype=np.int64) / counts
 
 
 def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -70,10 +136,12 @@ def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndar
 
     volume in fL and hemoglobin content in pg per cell; cell Hb concentration
     CHC = 100 · Hb / volume (g/dL); MCV, MCH = means; MCHC = 100 · MCH / MCV;
-    RDW = 100 · SD(volume) / MCV (%); HDW = SD(CHC) (g/dL).
+    RDW = 100 · SD(volume) / MCV (%); HDW = SD(CHC) (g/dL). Percentiles are order statistics,
+    so they are taken in the input's own precision (float32 sorts faster; the same values).
     """
-    volume = np.asarray(volume, dtype=np.float64)
-    hemoglobin = np.asarray(hemoglobin, dtype=np.float64)
+    given = {"volume": np.asarray(volume), "hemoglobin": np.asarray(hemoglobin)}
+    volume = given["volume"].astype(np.float64, copy=False)
+    hemoglobin = given["hemoglobin"].astype(np.float64, copy=False)
     chc = 100.0 * hemoglobin / np.maximum(volume, 1e-6)
     cols: list[np.ndarray] = []
     names: list[str] = []
@@ -81,7 +149,7 @@ def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndar
         mean, sd = segment_mean_sd(values, offsets)
         cols += [mean, sd]
         names += [f"{label}_mean", f"{label}_sd"]
-        pct = segment_percentiles(values, offsets)
+        pct = segment_percentiles(given.get(label, values), offsets)
         cols += list(pct.T)
         names += [f"{label}_p{q}" for q in PERCENTILES]
     mcv, mch = cols[0], cols[7]

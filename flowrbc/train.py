@@ -526,6 +526,7 @@ class _Inputs:
     offsets_np: Any
     cov_raw: Any  # (n, k) NaN = unknown
     truth: dict[str, Any]
+    _features: Any = None  # the baseline's features, computed once
 
     @property
     def n(self) -> int:
@@ -556,12 +557,15 @@ class _Inputs:
                             draws=config.draws, seed=config.seed + 2, batch_size=config.batch_size)
 
     def baseline_features(self):
+        """Moment features of every sample + raw covariates (NaN = unknown), computed once."""
         import numpy as np
 
         from flowrbc.metrics import moment_features
 
-        F, names = moment_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
-        return np.concatenate([F, self.cov_raw], axis=1), names  # the same covariates, NaN = unknown
+        if self._features is None:
+            F, names = moment_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
+            self._features = np.concatenate([F, self.cov_raw], axis=1), names
+        return self._features
 
 
 def _fit_baseline(data: _CohortData, inputs: _Inputs, config: TrainConfig):

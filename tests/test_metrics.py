@@ -11,6 +11,7 @@ from flowrbc.metrics import (
     fit_moment_baseline,
     moment_features,
     regression_metrics,
+    PERCENTILES,
     segment_percentiles,
 )
 
@@ -77,3 +78,56 @@ def test_moment_baseline_learns_a_moment_target():
     pred = base.predict(F[split == 2])
     assert regression_metrics(y["hematocrit"][split == 2], pred["hematocrit"])["r2"] > 0.8
     assert classification_metrics(y["anemia"][split == 2], pred["anemia"])["accuracy"] > 0.8
+
+
+def _per_segment(values, offsets, qs):
+    return np.array([np.percentile(values[a:b], qs) for a, b in zip(offsets[:-1], offsets[1:])])
+
+
+@pytest.mark.parametrize("block_cells", [1 << 22, 64])  # one block per length group; many small blocks
+def test_segment_percentiles_equal_numpy_on_ragged_segments(monkeypatch, block_cells):
+    import flowrbc.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_BLOCK_CELLS", block_cells)
+    rng = np.random.default_rng(3)
+    counts = np.concatenate([[1, 2, 3], rng.integers(1, 400, 60), [1000, 7]])
+    offsets = np.concatenate([[5], 5 + np.cumsum(counts)])  # the matrix may start past row 0
+    values = np.round(rng.normal(90, 10, offsets[-1]), 1)  # ties between cells
+    qs = (0, 5, 25, 33.3, 50, 75, 95, 100)
+    np.testing.assert_array_equal(segment_percentiles(values, offsets, qs), _per_segment(values, offsets, qs))
+
+
+def test_segment_percentiles_equal_numpy_on_equal_segments():
+    rng = np.random.default_rng(4)
+    values = rng.lognormal(4.5, 0.2, 50 * 37)
+    offsets = np.arange(51) * 37  # the reshape path
+    np.testing.assert_array_equal(segment_percentiles(values, offsets), _per_segment(values, offsets, PERCENTILES))
+    values[40] = np.nan  # sample 1 (cells 37..73) holds a NaN: all NaN, as np.percentile gives
+    got = segment_percentiles(values, offsets)
+    assert np.isnan(got[1]).all() and np.isfinite(np.delete(got, 1, axis=0)).all()
+
+
+def test_segment_mean_sd_equal_numpy_where_the_mean_dominates():
+    from flowrbc.metrics import segment_mean_sd
+
+    rng = np.random.default_rng(5)
+    counts = np.array([1, 5, 300, 40, 2])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    values = rng.normal(90, 10, offsets[-1])
+    values[1:6] = 42.0  # a constant sample
+    values[306:346] = 1e9 + rng.normal(0, 1e-3, 40)  # mean^2 / var = 1e24: the one-pass formula cancels
+    mean, sd = segment_mean_sd(values, offsets)
+    for s, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        assert mean[s] == pytest.approx(values[a:b].mean(), rel=1e-12)
+        assert sd[s] == pytest.approx(values[a:b].std(), rel=1e-6, abs=1e-12)
+
+
+def test_moment_features_same_from_float32_and_float64_cells():
+    rng = np.random.default_rng(6)
+    counts = rng.integers(1, 200, 30)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    vol = rng.lognormal(np.log(88), 0.15, offsets[-1]).astype(np.float32)
+    hb = (vol * rng.normal(0.33, 0.02, offsets[-1])).astype(np.float32)
+    F32, names = moment_features(vol, hb, offsets)
+    F64, _ = moment_features(vol.astype(np.float64), hb.astype(np.float64), offsets)
+    np.testing.assert_array_equal(F32, F64)
