@@ -3,7 +3,7 @@
     python benchmarks/bench_cohort.py                         # 100,000 samples x 1,000 cells (10^8)
     python benchmarks/bench_cohort.py --patients 2000 --out /tmp/c.h5ad
 
-Also prints the simulator's speed, its per-condition summary and oracle errors for a
+Also prints the simulator's speed, its per-condition summary and bound (best possible errors) for a
 2,000-patient cohort. Peak RSS is the process high-water mark (``ru_maxrss``) after each step.
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
         sim, dt = step("simulate 2,000 x 1,000", lambda: simulate_cohort(2000, 1000, seed=args.seed))
         print(f"simulator speed: {len(sim.cells) / dt / 1e6:.1f} M cells/s (patients + cells)")
         print(summary_table(sim.samples).to_string(float_format=lambda v: f"{v:.2f}"))
-        print("oracle:", {k: round(v, 3) for k, v in sim.oracle.items()})
+        print("bound:", {k: round(v, 3) for k, v in sim.bound.items()})
         del sim
 
     n_cells = args.patients * args.cells
