@@ -28,9 +28,9 @@ Labels follow physiology: ``Hct (%) = RBC (10^12/L) * MCV (fL) / 10``,
 The RBC count is not visible in the cells. In healthy people it is negatively correlated
 with the MCV (the reference Hct SDs, 2.99 in men and 2.21 in women, are smaller than
 independent RBC and MCV would give; solving for the correlation gives about -0.36 and
--0.45). The part of the RBC count that the cells do not reveal is Gaussian, so the best
-possible prediction from the cells (the *oracle*: every latent parameter the cell
-distribution reveals known exactly) and its error are available in closed form.
+-0.45). The part of the RBC count that the cells do not reveal is Gaussian; the best
+possible prediction from the cells, sex and age and its error (the *bound*) integrate over
+the latents the cell population does not identify (``flowrbc.bound``).
 
 Reference values (healthy adults): men RBC 4.99 +- 0.36, MCV 87.7 +- 3.3, RDW 12.8 +- 0.5;
 women RBC 4.45 +- 0.27, MCV 86.6 +- 4.1, RDW 12.9 +- 0.6; MCH 27-33 pg, MCHC 32-36 g/dL;
