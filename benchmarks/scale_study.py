@@ -172,7 +172,7 @@ def plot(path: Path, figure: Path) -> str:
 
     rows = json.loads(path.read_text())
     bound = next(r for r in rows if r["model"] == "bound")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     lo, hi = bound["mse"] - 2 * bound["mse_se"], bound["mse"] + 2 * bound["mse_se"]
     ax.axhspan(lo, hi, color="0.85", label=f"bound (cells → ∞, sex, age): {bound['mse']:.2f} ± 2 SE")
     lines = {"moments baseline": []}
@@ -184,18 +184,23 @@ def plot(path: Path, figure: Path) -> str:
             lines["moments baseline"].append((r["n_train"], r["baseline_mse"], r["baseline_mse_se"]))
         if "all_cells" in r:
             lines.setdefault("slot_set (all cells)", []).append((r["n_train"], r["all_cells"]["mse"], r["all_cells"]["mse_se"]))
-    for name, pts in lines.items():
+    for k, (name, pts) in enumerate(lines.items()):
         if not pts:
             continue
         pts.sort()
         x, y, e = zip(*pts)
-        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name,
+        shift = 1 + 0.012 * (k - len(lines) / 2)  # a small offset so that error bars do not overlap
+        ax.errorbar([v * shift for v in x], y, yerr=e, marker="o", capsize=3, label=name,
                     linestyle="--" if name in ("moments baseline", "exact population") else "-")
     ax.set_xscale("log")
+    sizes = sorted({r["n_train"] for r in rows if isinstance(r["n_train"], int)})
+    ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training patients")
     ax.set_ylabel("hematocrit MSE on fresh patients (%²)")
-    ax.set_title(f"Learning curves: {bound.get('n', 5000)} fresh patients, 1,000 cells each")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Learning curves on {bound.get('n', 5000):,} fresh patients (error bars: ± 1 SE, unpaired;\n"
+                 "paired model − baseline differences in the table)", fontsize=10)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -203,6 +208,10 @@ def plot(path: Path, figure: Path) -> str:
     lines_md = ["| training patients | model | MSE ± SE | model − baseline (paired) | AUROC ± SE | "
                 "Δ AUROC vs baseline | epochs | wall | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["model"] == "deepsets++" and "baseline_mse" in r:  # the baseline, fitted at the same size
+            lines_md.append(f"| {r['n_train']} | moments baseline | {r['baseline_mse']:.2f} ± {r['baseline_mse_se']:.2f} | "
+                            f"- | {r['baseline_auroc']:.3f} ± {r['baseline_auroc_se']:.3f} | - | | | |")
+
         def pm(key, sek, digits=3):
             return f"{r[key]:.{digits}f} ± {r[sek]:.{digits}f}" if key in r and sek in r and r[key] is not None else "-"
         lines_md.append(
