@@ -52,6 +52,8 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
     cov, unknown = _covariates(loaded, cohort, idx)
     raw = predict_sets(loaded.model, X, offsets, idx, loaded.targets, cells=loaded.cells, draws=DRAWS, seed=seed,
                        covariates=cov)
+    if loaded.index is not None and not unknown:
+        raw = _blend(loaded, cohort, idx, raw, cov)
     out = {}
     for name, spec in loaded.targets.items():
         if spec["kind"] == "binary":
@@ -61,6 +63,22 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
         else:
             out[name] = raw[name]
     return out
+
+
+def _blend(loaded, cohort, idx: np.ndarray, raw: dict, cov: np.ndarray | None) -> dict:
+    """The set model's predictions averaged with the checkpoint's index members (``flowrbc.hybrid``)."""
+    from flowrbc.metrics import moment_features
+    from flowrbc.train import rows_of
+
+    cols = [cohort.channels.index(c) for _, c in loaded.channels]
+    rows, offs = rows_of(cohort.offsets, idx)
+    cells = cohort.X[rows][:, cols]
+    F, _ = moment_features(cells[:, 0], cells[:, 1], offs)
+    enc = loaded.covariates
+    has = enc is not None and bool(enc.names)
+    cov_raw = enc.raw(cohort.samples.iloc[idx]) if has else np.zeros((len(idx), 0))
+    encoded = np.asarray(cov) if cov is not None else np.zeros((len(idx), 0))
+    return loaded.index.blend(raw, F, cov_raw, encoded)
 
 
 def _covariates(loaded, cohort, idx: np.ndarray):

@@ -40,12 +40,14 @@ class LoadedModel:
     complete: bool
     device: torch.device
     covariates: Any = None  # flowrbc.covariates.CovariateEncoder; names empty: none
+    index: Any = None  # flowrbc.hybrid.IndexModels (the predictor's index members); None: set model alone
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load ``model.pt`` (safely: weights only) and rebuild its model."""
     from flowrbc.checkpoint import load_checkpoint
     from flowrbc.covariates import CovariateEncoder
+    from flowrbc.hybrid import IndexModels
     from flowrbc.models import ModelConfig, build_model
 
     payload = load_checkpoint(path)
@@ -53,6 +55,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         config = ModelConfig.from_dict(payload["model_config"])
         model = build_model(config)
         model.load_state_dict(payload["state_dict"])
+        index = IndexModels.from_state(payload.get("index_models"))
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first[:160]})") from None
@@ -73,6 +76,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         complete=bool(payload.get("complete", False)),
         device=device,
         covariates=CovariateEncoder.from_dict(payload.get("covariates")),
+        index=index,
     )
 
 
@@ -132,9 +136,10 @@ def select_channels(model: LoadedModel, names: list[str], labels: list[str | Non
     return [found[r] for r in roles]
 
 
-def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite: int) -> list[str]:
+def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite: int,
+              features: np.ndarray | None) -> list[str]:
+    """QC flags of one file's gated ``cells``; ``features``: their moment features (F,)."""
     from flowrbc import pp
-    from flowrbc.metrics import moment_features
 
     flags = []
     n = len(cells)
@@ -151,12 +156,11 @@ def _qc_flags(model: LoadedModel, cells: np.ndarray, n_events: int, n_nonfinite:
             outside |= (cells[:, j] < r["p001"]) | (cells[:, j] > r["p999"])
     if n and outside.mean() > 0.05:  # 0.2 % expected for training-like data
         flags.append("outside_training_range")
-    if model.moments and n:
-        F, names = moment_features(cells[:, 0], cells[:, 1], np.array([0, n]))
+    if model.moments and features is not None:
         mean, sd = np.asarray(model.moments["mean"]), np.maximum(np.asarray(model.moments["sd"]), 1e-12)
         lo, hi = np.asarray(model.moments["min"]), np.asarray(model.moments["max"])
-        z = (F[0] - mean) / sd
-        if ((np.abs(z) > 5) & ((F[0] < lo) | (F[0] > hi))).any():
+        z = (features - mean) / sd
+        if ((np.abs(z) > 5) & ((features < lo) | (features > hi))).any():
             flags.append("far_from_training")
     if not model.complete:
         flags.append("uncalibrated")
@@ -192,8 +196,14 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
     if len(cells) == 0:
         raise no_cells_error(path, raw, roles, names, scales)
     out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)), scales=dict(scales or {}))
-    out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()))
-    cov, unknown = None, False
+    features = None
+    if model.moments or model.index is not None:
+        from flowrbc.metrics import moment_features
+
+        features = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))[0]  # (1, F)
+    out.qc_flags = _qc_flags(model, cells, len(raw), int((~finite).sum()),
+                             None if features is None else features[0])
+    cov, unknown, cov_raw = None, False, np.zeros(0)
     if model.covariates is not None and model.covariates.names:
         out.covariates, cov_raw = model.covariates.values(covariates, data.keywords)
         unknown = bool(np.isnan(cov_raw).any())
@@ -210,6 +220,10 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
                              draws=draws, seed=seed, covariates=cov)
         heads = {k: float(v[0]) for k, v in heads.items()}
         out.draws = draws
+    if model.index is not None and not unknown:
+        encoded = np.zeros((1, 0)) if cov is None else cov.cpu().numpy()
+        blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, features, cov_raw[None], encoded)
+        heads = {k: float(v[0]) for k, v in blended.items()}
     out.values = _report(model, heads, coverage, covariates_unknown=unknown)
     return out
 

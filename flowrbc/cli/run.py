@@ -78,6 +78,9 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<model>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     coverage: Annotated[float, typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")] = 0.9,
+    hybrid: Annotated[bool, typer.Option("--hybrid/--set-only", help="Hematocrit (any regression target): the set "
+                                         "model averaged with two models of the analyser indices (default), or "
+                                         "the set model alone.")] = True,
 ) -> None:
     """Train a set model; print test metrics beside the moment baseline and the bound."""
     with user_errors():
@@ -89,7 +92,7 @@ def train(
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
-                             coverage=coverage, **({"targets": tuple(target)} if target else {}))
+                             coverage=coverage, hybrid=hybrid, **({"targets": tuple(target)} if target else {}))
         if resume and out is None:
             out = Path("runs/latest").resolve()
         data = _load_cohort(cohort, patients, cells)
@@ -123,12 +126,16 @@ def print_comparison(metrics: dict) -> None:
     for key, title in (("test", "test split"), ("fresh", "fresh cohort (independent; never used for a choice)")):
         if key in metrics:
             _comparison_table(metrics[key], f"{title}: {metrics[key].get('n', '?')} samples")
+            _set_model_line(metrics[key])
     bound = metrics.get("fresh", metrics.get("test", {})).get("bound", {})
     if bound:
         console.print("* bound: the best prediction from the patient's cell population (infinitely many cells), "
                       "sex and age — no predictor of the cells can beat it in expectation (synthetic cohorts; "
                       + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
                       + "flowrbc.bound)", highlight=False)
+    if metrics.get("predictor") == "hybrid":
+        console.print("model: hematocrit = mean of the set model and two models of the analyser indices "
+                      "(flowrbc.hybrid); anemia = the set model", highlight=False)
     console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
                   "better by more than 2 SE, otherwise a tie", highlight=False)
     cal = metrics.get("calibration", {})
@@ -139,6 +146,24 @@ def print_comparison(metrics: dict) -> None:
     if "anemia" in cal and "anemia" in test:
         console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
                       f"{test['anemia']['ece_uncalibrated']:.3f} -> {test['anemia']['ece']:.3f}")
+
+
+def _set_model_line(scores: dict) -> None:
+    """The set model alone, where the predictor averaged it with the index models."""
+    from flowrbc.evaluation import verdict
+
+    alone = scores.get("set_model")
+    if not alone:
+        return
+    parts = []
+    for name, m in alone["model"].items():
+        d = alone["paired"].get(name, {}).get("mse")
+        if "mse" in m and d:
+            tag = {"better": " ✓", "worse": " ✗", "tie": ""}[verdict(d, lower_is_better=True)]
+            parts.append(f"{'Hct' if name == 'hematocrit' else name} MSE {m['mse']:.3g} "
+                         f"(Δ paired {d['diff']:+.3f} ± {d['se']:.3f}{tag})")
+    if parts:
+        console.print("  set model alone: " + "; ".join(parts), highlight=False)
 
 
 def _comparison_table(scores: dict, title: str) -> None:

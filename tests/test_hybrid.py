@@ -1,0 +1,75 @@
+"""The index members of the default predictor: independent stacked MLPs, the blend, the checkpoint."""
+
+import numpy as np
+import torch
+
+from flowrbc.hybrid import IndexModels, StackedMLP, fit_stacked_mlp
+from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.metrics import moment_features
+from flowrbc.predict import load_model, predict_file
+from flowrbc.simulate import write_simulated
+from flowrbc.train import TrainConfig, train_cohort
+
+TINY = dict(width=16, depth=1, cells=64, epochs=1, batch_size=16, draws=2, device="cpu")
+
+
+def test_stacked_members_are_independent():
+    """Member k's output depends on member k's weights only (one baddbmm serves all)."""
+    torch.manual_seed(0)
+    net = StackedMLP(members=3, in_features=4, width=8).eval()
+    x = torch.randn(3, 5, 4)
+    before = net(x)
+    with torch.no_grad():
+        net.weights[0][1] += 1.0  # member 1, first layer
+    after = net(x)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[2], after[2])
+    assert not torch.allclose(before[1], after[1])
+
+
+def test_fit_learns_a_smooth_function_and_keeps_the_best_validation_epoch():
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(600, 3)).astype(np.float32)
+    y = np.sin(Z[:, 0]) + 0.5 * Z[:, 1] ** 2 - 0.5 + 0.1 * rng.normal(size=600)
+    train, val = np.arange(400), np.arange(400, 600)
+    net = fit_stacked_mlp(Z, y, train, val, members=3, epochs=40, seed=0)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(Z[val]).expand(3, -1, -1))  # (3, 200)
+    mse = ((pred.numpy() - y[val]) ** 2).mean(1)
+    assert (mse < 0.25 * y[val].var()).all()  # far better than the mean
+    assert len(set(np.round(mse, 6))) == 3  # three different members
+
+
+def test_blend_is_the_mean_of_three_predictions():
+    index = IndexModels(["f"], np.zeros(1), np.ones(1), {})
+    index.predict = lambda F, r, e: {"hematocrit": np.array([30.0, 36.0])}
+    out = index.blend({"hematocrit": np.array([42.0, 39.0]), "anemia": np.array([0.3, -1.0])},
+                      np.zeros((2, 1)), np.zeros((2, 0)), np.zeros((2, 0)))
+    np.testing.assert_allclose(out["hematocrit"], [(42 + 30 + 30) / 3, (39 + 36 + 36) / 3])
+    np.testing.assert_array_equal(out["anemia"], [0.3, -1.0])  # binary targets: the set model
+
+
+def test_predict_file_applies_the_trained_blend(tmp_path):
+    """One FCS file: predict's hematocrit = (set model + MLP ensemble + trees) / 3 with the
+    checkpoint's own members, and differs from the set model alone."""
+    from flowrbc.io.fcs import read_fcs_data
+    from flowrbc import pp
+
+    cohort = synthetic_cohort(n_patients=80, n_cells=64, seed=3)
+    result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "run", plots=False)
+    assert result.metrics["predictor"] == "hybrid" and "set_model" in result.metrics["test"]
+    model = load_model(result.run_dir / "model.pt")
+    assert set(model.index.members) == {"hematocrit"}
+    write_simulated(tmp_path / "fcs", n_patients=1, n_cells=400, seed=7)
+    path = next((tmp_path / "fcs").glob("*.fcs"))
+    blended = predict_file(model, path, seed=1).to_dict()["hematocrit"]
+    index, model.index = model.index, None
+    alone = predict_file(model, path, seed=1).to_dict()["hematocrit"]
+
+    data = read_fcs_data(path)
+    cells = data.events[:, :2].astype(np.float64)
+    cells = cells[pp.rbc_gate(cells[:, 0], cells[:, 1])]
+    F, _ = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
+    _, raw = model.covariates.values(None, data.keywords)
+    members = index.predict(F, raw[None], model.covariates.encode_raw(raw[None]))["hematocrit"][0]
+    assert abs(blended - (alone + 2 * members) / 3) < 1e-9
+    assert abs(blended - alone) > 1e-3
