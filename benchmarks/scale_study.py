@@ -90,7 +90,7 @@ def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> di
     from flowrbc.train import TrainConfig, _Inputs, train_cohort
 
     cohort = _cohort(n_train, cells)
-    config = TrainConfig(model=family, epochs=epochs_for(n_train), **MODELS[family])
+    config = TrainConfig(model=family, epochs=epochs_for(n_train), hybrid=False, **MODELS[family])  # set models alone
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     res = train_cohort(cohort, config, out_dir / f"{family.replace('+', 'p')}-{n_train}", plots=False, fresh=fresh)
     wall = time.perf_counter() - t0
