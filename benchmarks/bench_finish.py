@@ -89,7 +89,7 @@ def train_part(cohort, threads: int) -> None:
     from flowrbc.train import TrainConfig, train_cohort
 
     parts: dict[str, float] = {}
-    targets = [(train, name) for name in ("_finish", "_calibrate", "_score", "_fit_baseline", "_qc_reference",
+    targets = [(train, name) for name in ("_finish", "_calibrate", "_score", "_fit_baseline", "_fit_index", "_qc_reference",
                                           "_write_reports")] + [(checkpoint, "save_checkpoint")]
     originals = [(module, name, getattr(module, name)) for module, name in targets]
 

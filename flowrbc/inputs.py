@@ -88,22 +88,34 @@ def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor,
 
     ``covariates`` (len(idx), k): encoded per-sample covariates, row i for sample idx[i]
     (None: unknown, or a model without covariates)."""
+    return predict_sets_each(model, X, offsets, idx, targets, [covariates], cells=cells, draws=draws, seed=seed,
+                             batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
+                      targets: dict[str, dict], covariates: list, *, cells: int, draws: int = DRAWS, seed: int = 0,
+                      batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+    """``predict_sets`` for each entry of ``covariates`` (e.g. ``[known, None]``) from the same
+    draws: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
     model.eval()
     generator = torch.Generator(device=X.device)
     generator.manual_seed(seed)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
-    cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32).to(X.device)
-    sums = {name: torch.zeros(len(idx_t), device=X.device) for name in targets}
+    covs = [None if c is None else torch.as_tensor(c, dtype=torch.float32).to(X.device) for c in covariates]
+    sums = [{name: torch.zeros(len(idx_t), device=X.device) for name in targets} for _ in covs]
     for _ in range(draws):
         for lo in range(0, len(idx_t), batch_size):
             batch = idx_t[lo : lo + batch_size]
-            x = draw_sets(X, offsets, batch, cells, generator)
-            extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
+            x = draw_sets(X, offsets, batch, cells, generator)  # (B, cells, C)
             with _autocast(X.device):
-                decoded = decode_outputs(model(x, **extra), targets)
-            for name, value in decoded.items():
-                sums[name][lo : lo + batch_size] += value
-    return {name: (s / draws).cpu().numpy().astype(np.float64) for name, s in sums.items()}
+                z = model.embed(x)  # (B, D)
+                for cov, acc in zip(covs, sums):
+                    decoded = decode_outputs(model.decode(z, None if cov is None else cov[lo : lo + batch_size]),
+                                             targets)
+                    for name, value in decoded.items():
+                        acc[name][lo : lo + batch_size] += value
+    return [{name: (s / draws).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
 
 
 def _autocast(device: torch.device):

@@ -489,35 +489,36 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
     baseline = _fit_baseline(data, inputs, config)
     index = _fit_index(data, inputs, baseline, config) if config.hybrid else None
 
-    def run(src: _Inputs, idx, known: bool = True, alone: bool = False):
-        pred = src.predict(model, idx, data.specs, config, known=known and has_cov)
-        if index is None or alone or (has_cov and not known):
-            return pred
-        return src.blend(index, idx, pred)
+    def set_model(src: _Inputs, idx):  # (known, unknown): one encoder pass, the same draws
+        return src.predict(model, idx, data.specs, config, with_unknown=has_cov)
 
-    calibration = _calibrate(data, config, run(inputs, val))
+    def predictor(src: _Inputs, idx, known: dict) -> dict:
+        return known if index is None else src.blend(index, idx, known)
+
+    val_known, val_unknown = set_model(inputs, val)
+    calibration = _calibrate(data, config, predictor(inputs, val, val_known))
     metrics: dict[str, Any] = {"calibration": calibration, "predictor": "hybrid" if index else "set model"}
     arrays: dict[str, Any] = {}
     if has_cov:
-        for name, cal in _calibrate(data, config, run(inputs, val, known=False)).items():
+        for name, cal in _calibrate(data, config, val_unknown).items():
             calibration[name]["covariates_unknown"] = cal
     scored = [("test", inputs, test, cohort.samples)] if len(test) else []
     if fresh is not None:
         ext = _Inputs.external(data, fresh)
         scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
     for key, src, idx, samples in scored:
-        metrics[key] = _score(data, config, calibration, src, idx, run(src, idx), baseline, samples)
+        known, unknown = set_model(src, idx)
+        metrics[key] = _score(data, config, calibration, src, idx, predictor(src, idx, known), baseline, samples)
         if key == "test":
             arrays = metrics[key].pop("_arrays")
         else:
             metrics[key].pop("_arrays")
             metrics[key]["cohort"] = fresh.source
         if index is not None:
-            alone = _score(data, config, calibration, src, idx, run(src, idx, alone=True), baseline, None)
+            alone = _score(data, config, calibration, src, idx, known, baseline, None)
             metrics[key]["set_model"] = {"model": alone["model"], "paired": alone["paired"]}
         if has_cov and key == "test":
-            unknown = _score(data, config, calibration, src, idx, run(src, idx, known=False), None, None,
-                             covariates_unknown=True)
+            unknown = _score(data, config, calibration, src, idx, unknown, None, None, covariates_unknown=True)
             metrics[key]["model_covariates_unknown"] = unknown["model"]
     return metrics, calibration, arrays, index
 
@@ -568,12 +569,16 @@ class _Inputs:
                    torch.from_numpy(data.covariates.encode_raw(cov_raw)).to(device),
                    raw, cohort.offsets, cov_raw, truth)
 
-    def predict(self, model, idx, specs, config: TrainConfig, known: bool) -> dict:
-        from flowrbc.inputs import predict_sets
+    def predict(self, model, idx, specs, config: TrainConfig, with_unknown: bool) -> tuple[dict, dict | None]:
+        """Set-model predictions on samples ``idx`` with their covariates and, ``with_unknown``,
+        with every covariate unknown (same draws, one encoder pass) -> (known, unknown or None)."""
+        from flowrbc.inputs import predict_sets_each
 
-        cov = self.cov[torch.as_tensor(idx, device=self.cov.device)] if known else None
-        return predict_sets(model, self.X, self.offsets, idx, specs, covariates=cov, cells=config.cells,
-                            draws=config.draws, seed=config.seed + 2, batch_size=config.batch_size)
+        cov = self.cov[torch.as_tensor(idx, device=self.cov.device)] if self.cov.shape[1] else None
+        out = predict_sets_each(model, self.X, self.offsets, idx, specs, [cov, None] if with_unknown else [cov],
+                                cells=config.cells, draws=config.draws, seed=config.seed + 2,
+                                batch_size=config.batch_size)
+        return out[0], out[1] if with_unknown else None
 
     def moment_features(self):
         """(moment features of every sample (n, F), names), computed once."""

@@ -35,6 +35,7 @@ def test_number_examples(value, text):
        .filter(lambda x: x == 0 or abs(x) > 1e-12))
 def test_number_is_short_and_reads_back(x):
     text = number(x)
-    assert len(text) <= 8 + (x < 0), text  # a sign and eight characters at most
+    # a sign and eight characters at most; one more below 1e-9, where the exponent has two digits
+    assert len(text) <= 8 + (x < 0) + (0 < abs(x) < 1e-9), text
     back = _read_back(text)
     assert math.isclose(back, x, rel_tol=5e-4, abs_tol=0), (x, text)
