@@ -189,6 +189,13 @@ class _CohortData:
             self.mask[name] = torch.tensor(ok, dtype=torch.float32, device=device)
         self.train_rows = train_rows
 
+    @property
+    def inputs(self) -> _Inputs:
+        """This cohort as model and baseline inputs (moment features computed once, then kept)."""
+        if getattr(self, "_inputs", None) is None:
+            self._inputs = _Inputs.of(self)
+        return self._inputs
+
     def covariates_of(self, idx: torch.Tensor) -> torch.Tensor | None:
         """Encoded covariates (B, k) of samples ``idx``; None for a model without them."""
         return self.cov[idx] if self.cov.shape[1] else None
@@ -207,11 +214,10 @@ class _CohortData:
         return sum(parts.values()), parts
 
 
-def _qc_reference(data: _CohortData) -> tuple[dict, dict]:
-    """Training ranges of the per-cell features and moment-feature statistics, for QC."""
+def _qc_reference(data: _CohortData, features) -> tuple[dict, dict]:
+    """Training ranges of the per-cell features and moment-feature statistics, for QC.
+    ``features``: (moment features of every sample (S, F), names), as ``_Inputs`` computed them."""
     import numpy as np
-
-    from flowrbc.metrics import moment_features
 
     sub = data.raw[data.train_rows]
     ranges = {
@@ -219,8 +225,8 @@ def _qc_reference(data: _CohortData) -> tuple[dict, dict]:
                "min": float(sub[:, j].min()), "max": float(sub[:, j].max())}
         for j, (role, _) in enumerate(data.channels)
     }
-    rows, offs = rows_of(data.offsets_np, data.split["train"])
-    F, names = moment_features(data.raw[rows, 0], data.raw[rows, 1], offs)
+    F, names = features
+    F = F[data.split["train"]]
     moments = {"names": names, "mean": F.mean(0).tolist(), "sd": F.std(0).tolist(),
                "min": F.min(0).tolist(), "max": F.max(0).tolist()}
     return ranges, moments
@@ -420,7 +426,7 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
         return TrainResult(run_dir, {}, result.history, result.best_epoch)
     say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
     metrics, calibration, arrays, index = _finish(model, data, config, cohort, fresh)
-    ranges, moments = _qc_reference(data)
+    ranges, moments = _qc_reference(data, data.inputs.moment_features())
     from flowrbc.report.reference import healthy_reference  # the report's healthy contour and bands
 
     healthy = healthy_reference(data.raw, data.offsets_np, cohort.samples, data.split["train"])
@@ -485,7 +491,7 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
 
     val, test = data.split["val"], data.split["test"]
     has_cov = len(data.covariates.names) > 0
-    inputs = _Inputs.of(data)
+    inputs = data.inputs
     baseline = _fit_baseline(data, inputs, config)
     index = _fit_index(data, inputs, baseline, config) if config.hybrid else None
 
