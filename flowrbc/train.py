@@ -188,11 +188,12 @@ class _CohortData:
             self.y[name] = torch.tensor(np.where(ok, z, 0.0), dtype=torch.float32, device=device)
             self.mask[name] = torch.tensor(ok, dtype=torch.float32, device=device)
         self.train_rows = train_rows
+        self._inputs: _Inputs | None = None  # built on first use (``inputs``)
 
     @property
     def inputs(self) -> _Inputs:
         """This cohort as model and baseline inputs (moment features computed once, then kept)."""
-        if getattr(self, "_inputs", None) is None:
+        if self._inputs is None:
             self._inputs = _Inputs.of(self)
         return self._inputs
 
@@ -495,8 +496,8 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
     baseline = _fit_baseline(data, inputs, config)
     index = _fit_index(data, inputs, baseline, config) if config.hybrid else None
 
-    def set_model(src: _Inputs, idx):  # (known, unknown): one encoder pass, the same draws
-        return src.predict(model, idx, data.specs, config, with_unknown=has_cov)
+    def set_model(src: _Inputs, idx, unknown: bool = has_cov):  # (known, unknown or None): one encoder pass
+        return src.predict(model, idx, data.specs, config, with_unknown=unknown)
 
     def predictor(src: _Inputs, idx, known: dict) -> dict:
         return known if index is None else src.blend(index, idx, known)
@@ -513,7 +514,7 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
         ext = _Inputs.external(data, fresh)
         scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
     for key, src, idx, samples in scored:
-        known, unknown = set_model(src, idx)
+        known, unknown = set_model(src, idx, unknown=has_cov and key == "test")  # fresh: covariates known only
         metrics[key] = _score(data, config, calibration, src, idx, predictor(src, idx, known), baseline, samples)
         if key == "test":
             arrays = metrics[key].pop("_arrays")
