@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import make_norm, norm_act
+from flowrbc.models.norms import make_norm, norm_act, norm_linear
 from flowrbc.models.pooling import pool
 
 
@@ -48,8 +48,11 @@ class ElementBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.residual == "clean":
-            h = self.fc1(self._centre(norm_act(self.norm1, x, mask), mask))
-            return x + self.fc2(norm_act(self.norm2, h, mask))
+            if self.equivariant == "none":
+                h = norm_linear(self.norm1, self.fc1, x, mask, act=True)  # (B, N, D)
+            else:
+                h = self.fc1(self._centre(norm_act(self.norm1, x, mask), mask))
+            return x + norm_linear(self.norm2, self.fc2, h, mask, act=True)
         if self.residual == "nonclean":
             h = norm_act(self.norm1, self.fc1(self._centre(x, mask)), mask)
             return F.relu(x + self.norm2(self.fc2(h), mask))

@@ -74,67 +74,137 @@ def _affine(
     return torch.addcmul(b, x, a, out=torch.empty_like(x))
 
 
+def _set_stats(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """Per-set mean, variance, entry count (each (B, 1, 1), float32 or wider) over the real
+    elements and all features, and whether the mean dominates the spread."""
+    xs = _stats_dtype(x)
+    if mask is None:
+        mean, var, offset = moments(xs, (1, 2))  # (B, 1, 1)
+        return mean, var, torch.full_like(mean, xs.shape[1] * xs.shape[2]), offset
+    n_real = mask.sum(1).to(xs.dtype).view(-1, 1, 1)  # (B, 1, 1)
+    col = torch.bmm(mask.unsqueeze(1).to(xs.dtype), xs)  # (B, 1, D) masked sums
+    count = n_real * xs.shape[2]
+    mean = col.sum(-1, keepdim=True) / count  # (B, 1, 1)
+    # Padded entries set to the mean add nothing to the squared deviations, so the
+    # variance over all N elements rescales to the variance over the real ones.
+    filled = torch.where(mask.unsqueeze(-1), xs, mean)  # (B, N, D)
+    _, var_all, offset = moments(filled, (1, 2))
+    return mean, var_all * (xs.shape[1] / n_real), count, offset
+
+
+def _set_norm_backward(
+    dz: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, count: Tensor,
+    mask: Tensor | None, offset: bool, buf: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(dx, d_weight, d_bias)`` of :math:`z = x a + b` (set norm) from ``dz``.
+
+    From the per-set sums :math:`S_1 = \sum_n \partial z`, :math:`S_2 = \sum_n \partial z \odot x`:
+    :math:`\partial x = \partial z\, a + m \odot (x\, C + E)` with per-set scalars
+    :math:`C = 2\,\partial\sigma^2 / M`, :math:`E = (\partial\mu - 2\mu\,\partial\sigma^2)/M`
+    (M = n_b D real entries). ``buf``, a (B, N, D) tensor no longer needed, receives ``dx``.
+    """
+    dt = x.dtype
+    if offset:  # centre first: the sums below would cancel badly
+        x, mu = x - mean.to(dt), torch.zeros_like(mean)
+    else:
+        mu = mean
+    s1 = dz.sum(1, keepdim=True).to(rstd.dtype)  # (B, 1, D)
+    s2 = torch.mul(dz, x, out=buf).sum(1, keepdim=True).to(rstd.dtype)  # (B, 1, D)
+    centred = s2 - mu * s1  # sum over n of dz * (x - mu)
+    a = rstd * weight  # (B, 1, D)
+    d_weight = (rstd * centred).sum((0, 1))
+    d_bias = s1.sum((0, 1))
+    d_rstd = (centred * weight).sum(-1, keepdim=True)  # (B, 1, 1)
+    d_mean = -(a * s1).sum(-1, keepdim=True)
+    d_var = -0.5 * rstd.pow(3) * d_rstd
+    c = 2.0 * d_var / count
+    e = d_mean / count - mu * c
+    if mask is not None:
+        m = mask.unsqueeze(-1).to(c.dtype)  # (B, N, 1)
+        c, e = c * m, e * m
+    dx = torch.addcmul(e.to(dt), x, c.to(dt), out=buf)  # (B, N, D)
+    dx.addcmul_(dz, a.to(dt))
+    return dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype)
+
+
 class _SetNormFunction(torch.autograd.Function):
-    r"""Set norm with a hand-written backward.
+    r"""Set norm with a hand-written backward (``_set_norm_backward``).
 
     Forward :math:`y = x a + b`, :math:`a = \gamma\,r_b`, :math:`b = \beta - \mu_b a`,
-    :math:`r_b = (\sigma_b^2 + \epsilon)^{-1/2}`, moments over the M = n_b D real entries.
-    Backward, from the per-set sums :math:`S_1 = \sum_n \partial y`,
-    :math:`S_2 = \sum_n \partial y \odot x` (only ``x`` and (B, 1, 1) statistics are saved):
-    :math:`\partial x = \partial y\, a + m \odot (x\, C + E)` with per-set scalars
-    :math:`C = 2\,\partial\sigma^2 / M`, :math:`E = (\partial\mu - 2\mu\,\partial\sigma^2)/M`.
-    Autograd's version of the same forward runs the broadcast reductions of ``addcmul``
-    and ``vector_norm`` backward and took ~3x longer on CPU.
+    :math:`r_b = (\sigma_b^2 + \epsilon)^{-1/2}`; only ``x`` and (B, 1, 1) statistics are
+    saved. Autograd's version of the same forward runs the broadcast reductions of
+    ``addcmul`` and ``vector_norm`` backward and took ~3x longer on CPU.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, mask, eps):  # noqa: D102
-        xs = _stats_dtype(x)
-        if mask is None:
-            mean, var, offset = moments(xs, (1, 2))  # (B, 1, 1)
-            count = torch.full_like(mean, xs.shape[1] * xs.shape[2])
-        else:
-            n_real = mask.sum(1).to(xs.dtype).view(-1, 1, 1)  # (B, 1, 1)
-            col = torch.bmm(mask.unsqueeze(1).to(xs.dtype), xs)  # (B, 1, D) masked sums
-            count = n_real * xs.shape[2]
-            mean = col.sum(-1, keepdim=True) / count  # (B, 1, 1)
-            # Padded entries set to the mean add nothing to the squared deviations, so the
-            # variance over all N elements rescales to the variance over the real ones.
-            filled = torch.where(mask.unsqueeze(-1), xs, mean)  # (B, N, D)
-            _, var_all, offset = moments(filled, (1, 2))
-            var = var_all * (xs.shape[1] / n_real)
-        rstd = torch.rsqrt(var + eps)  # (B, 1, 1)
+        mean, var, count, offset = _set_stats(x, mask)
         ctx.offset = offset
-        ctx.save_for_backward(x, weight, mean, rstd, count, mask)
+        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps), count, mask)
         return _affine(x, mean, var, weight, bias, eps, offset)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):  # noqa: D102
         x, weight, mean, rstd, count, mask = ctx.saved_tensors
-        dt = x.dtype
-        if ctx.offset:  # centre first: the sums below would cancel badly
-            x, mu = x - mean.to(dt), torch.zeros_like(mean)
+        dx, dw, db = _set_norm_backward(dy, x, weight, mean, rstd, count, mask, ctx.offset, torch.empty_like(x))
+        return dx, dw, db, None, None
+
+
+def _matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a linear layer computes in here: autocast's when it is on, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _SetNormLinearFunction(torch.autograd.Function):
+    r"""Set norm, optional ReLU and a linear layer in one node:
+    :math:`y = \mathrm{act}(x a + b)\,W^\top + c` (``x: (B, N, D)`` -> ``y: (B, N, D_out)``).
+
+    Autograd on the three separate layers saves two (B, N, D) tensors beside ``x``: the
+    normalised activations (for ReLU and the linear layer's weight gradient). This node
+    saves only ``x`` and (B, 1, 1) statistics and recomputes :math:`h = \mathrm{act}(x a + b)`
+    in backward (one elementwise pass), then :math:`\partial W = \partial y^\top h`,
+    :math:`\partial h = \partial y\, W`, :math:`\partial z = \partial h \odot [z > 0]` and
+    the set-norm backward, writing :math:`\partial x` into ``h``'s storage.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lin_weight, lin_bias, mask, eps, act):  # noqa: D102
+        mean, var, count, offset = _set_stats(x, mask)
+        cdt = _matmul_dtype(x)
+        ctx.offset, ctx.act, ctx.cdt, ctx.eps = offset, act, cdt, eps
+        ctx.save_for_backward(x, weight, bias, lin_weight, mean, var, count, mask)
+        h = _affine(x, mean, var, weight, bias, eps, offset)  # (B, N, D), never saved
+        if act:
+            h = F.relu(h, inplace=True)
+        w = lin_weight.to(cdt).t()  # (D, D_out)
+        out = h.new_empty(*h.shape[:-1], w.shape[1], dtype=cdt)  # a base tensor, not a view
+        h2, o2 = h.to(cdt).reshape(-1, h.shape[-1]), out.view(-1, w.shape[1])  # (B*N, D), (B*N, D_out)
+        if lin_bias is None:
+            torch.mm(h2, w, out=o2)
         else:
-            mu = mean
-        buf = torch.empty_like(x)  # one (B, N, D) buffer: the product below, then dx
-        s1 = dy.sum(1, keepdim=True).to(rstd.dtype)  # (B, 1, D)
-        s2 = torch.mul(dy, x, out=buf).sum(1, keepdim=True).to(rstd.dtype)  # (B, 1, D)
-        centred = s2 - mu * s1  # sum over n of dy * (x - mu)
-        a = rstd * weight  # (B, 1, D)
-        d_weight = (rstd * centred).sum((0, 1))
-        d_bias = s1.sum((0, 1))
-        d_rstd = (centred * weight).sum(-1, keepdim=True)  # (B, 1, 1)
-        d_mean = -(a * s1).sum(-1, keepdim=True)
-        d_var = -0.5 * rstd.pow(3) * d_rstd
-        c = 2.0 * d_var / count
-        e = d_mean / count - mu * c
-        if mask is not None:
-            m = mask.unsqueeze(-1).to(c.dtype)  # (B, N, 1)
-            c, e = c * m, e * m
-        dx = torch.addcmul(e.to(dt), x, c.to(dt), out=buf)  # (B, N, D)
-        dx.addcmul_(dy, a.to(dt))
-        return dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype), None, None
+            torch.addmm(lin_bias.to(cdt), h2, w, out=o2)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):  # noqa: D102
+        x, weight, bias, lin_weight, mean, var, count, mask = ctx.saved_tensors
+        cdt = ctx.cdt
+        h = _affine(x, mean, var, weight, bias, ctx.eps, ctx.offset)  # (B, N, D), as in forward
+        if ctx.act:
+            h = F.relu(h, inplace=True)
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(cdt)  # (B*N, D_out)
+        d_lin_w = (dy2.t() @ h.reshape(-1, h.shape[-1]).to(cdt)).to(lin_weight.dtype)  # (D_out, D)
+        d_lin_b = dy2.sum(0).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None
+        dz = (dy.to(cdt) @ lin_weight.to(cdt)).to(x.dtype)  # (B, N, D)
+        if ctx.act:
+            dz.masked_fill_(h <= 0, 0.0)
+        rstd = torch.rsqrt(var + ctx.eps)
+        dx, dw, db = _set_norm_backward(dz, x, weight, mean, rstd, count, mask, ctx.offset, buf=h)
+        return dx, dw, db, d_lin_w, d_lin_b, None, None, None
 
 
 class SetNorm(nn.Module):
@@ -221,3 +291,16 @@ def norm_act(norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
     """``relu(norm(x))``, in place when the norm made a fresh tensor (saves one (B, N, D))."""
     h = norm(x, mask)
     return F.relu(h, inplace=h is not x)
+
+
+def norm_linear(norm: nn.Module, linear: nn.Linear, x: Tensor, mask: Tensor | None, act: bool) -> Tensor:
+    """``linear(relu(norm(x)))`` (``act``) or ``linear(norm(x))``: (B, N, D) -> (B, N, D_out).
+
+    With a set norm and gradients on, one ``_SetNormLinearFunction`` node that keeps only
+    ``x`` for backward; otherwise the layers one after the other.
+    """
+    if isinstance(norm, SetNorm) and torch.is_grad_enabled():
+        return _SetNormLinearFunction.apply(
+            x, norm.weight, norm.bias, linear.weight, linear.bias, mask, norm.eps, act
+        )
+    return linear(norm_act(norm, x, mask) if act else norm(x, mask))

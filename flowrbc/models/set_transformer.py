@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import make_norm
+from flowrbc.models.norms import make_norm, norm_linear
 from flowrbc.models.pooling import pool
 
 
@@ -41,10 +41,14 @@ class MultiHead(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, q: Tensor, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        return self.attend(self.q(q), self.kv(k), key_mask)
+
+    def attend(self, q: Tensor, kv: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Projected queries ``(B, M, D)`` and keys|values ``(B, N, 2D)`` -> ``(B, M, D)``."""
         b, m, d = q.shape
-        n, h = k.shape[1], self.heads
-        q = self.q(q).view(b, m, h, d // h).transpose(1, 2)  # (B, h, M, d/h)
-        k, v = self.kv(k).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, d/h)
+        n, h = kv.shape[1], self.heads
+        q = q.view(b, m, h, d // h).transpose(1, 2)  # (B, h, M, d/h)
+        k, v = kv.view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, d/h)
         attn_mask = None if key_mask is None else key_mask.view(b, 1, 1, n)  # True = attend
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, M, d/h)
         return self.out(o.transpose(1, 2).reshape(b, m, d))  # (B, M, D)
@@ -71,16 +75,15 @@ class MAB(nn.Module):
             self.fc2 = nn.Linear(dim, dim)
 
     def forward(self, q: Tensor, k: Tensor, q_mask: Tensor | None, k_mask: Tensor | None) -> Tensor:
-        if self.residual == "clean":
-            kn = self.norm_k(k, k_mask)
+        if self.residual == "clean":  # every norm -> linear pair as one node (norm_linear)
             if self.query == "learned":
-                qn = q
-            elif self.query == "self":
-                qn = kn  # self-attention: one norm of the shared input
-            else:
-                qn = self.norm_q(q, q_mask)
-            h = q + self.attn(qn, kn, k_mask)  # (B, M, D)
-            return h + self.fc2(F.relu(self.fc1(self.norm_h(h, q_mask))))
+                qp = self.attn.q(q)  # (B, M, D)
+            else:  # self-attention normalises its shared input with norm_k
+                norm = self.norm_k if self.query == "self" else self.norm_q
+                qp = norm_linear(norm, self.attn.q, q, q_mask, act=False)
+            kv = norm_linear(self.norm_k, self.attn.kv, k, k_mask, act=False)  # (B, N, 2D)
+            h = q + self.attn.attend(qp, kv, k_mask)  # (B, M, D)
+            return h + self.fc2(F.relu(norm_linear(self.norm_h, self.fc1, h, q_mask, act=False), inplace=True))
         if self.residual == "nonclean":
             h = self.norm_q(q + self.attn(q, k, k_mask), q_mask)
             return self.norm_h(h + F.relu(self.fc1(h)), q_mask)
