@@ -14,13 +14,14 @@ memory of one set against its size, the Slot Set Encoder both streamed in chunks
 (``init_state`` / ``update`` / ``finalize``) and whole.
 
 Every measurement runs in a fresh subprocess, so that its peak memory is its own: on CPU the
-peak resident set (``getrusage`` maxrss) minus the resident set just before the first step
-(model, optimiser and data already built); on CUDA ``max_memory_allocated``. The parent
+resident high-water mark over the timed steps (``VmHWM``, restarted just before the first
+step through ``/proc/self/clear_refs``) minus the resident set at that moment (model,
+optimiser and data already built); on CUDA ``max_memory_allocated``. The parent
 samples each child's resident set and stops it beyond ``--mem-limit`` (reported, not fatal).
 
 Roofline: the matrix-product FLOPs of one set (``torch.utils.flop_counter``, counted on tiny
 sets and extended exactly: they are a polynomial of degree <= 2 in N) divided by the matmul
-rate measured in the same child just before its timed steps; ``efficiency`` = measured /
+rate measured in the same child just after its timed steps; ``efficiency`` = measured /
 roofline. Figures are wall-clock: the load average is recorded before and after each child.
 """
 
@@ -63,10 +64,42 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak() -> int:
+    """Restart the resident high-water mark (Linux: ``clear_refs`` 5), so that what the
+    child did before (model building, FLOP counting) does not count; -> resident bytes now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the peak is the process's whole-life high-water mark
+    return _rss_bytes()
+
+
+def _map_large_blocks() -> None:
+    """glibc: serve every block over 128 KiB by its own mapping, returned when freed, and
+    give back what the heap holds, so that the resident set follows the live tensors. By
+    default glibc keeps freed blocks of a few MB on its heap (the threshold rises as such
+    blocks are freed) and tens of MB of resident set are then fragmentation, not tensors.
+    Slower (a page fault per fresh page), so only the untimed peak run uses it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak_bytes() -> int:
+    """The resident high-water mark (``VmHWM``) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _sync(device) -> None:
@@ -217,12 +250,12 @@ def run_grid_child(spec: dict) -> dict:
         with torch.no_grad(), _autocast(spec, device):
             _head(model(x))
 
-    rate = _matmul_rate(device, min(spec["batch"] * spec["n"], 1 << 16), spec["width"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_bytes()
+    before = _reset_peak()
     seconds = _timed_steps(train_step if train else infer_step, spec["steps"], device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_bytes() - before
+    rate = _matmul_rate(device, min(spec["batch"] * spec["n"], 1 << 16), spec["width"])  # after the peak
     roofline = rate / flops
     return {"sets_per_s": spec["batch"] / seconds, "step_s": seconds, "peak_gib": peak / GIB,
             "flops_per_set": flops, "matmul_flop_s": rate, "roofline_sets_per_s": roofline,
@@ -253,12 +286,16 @@ def run_scaling_child(spec: dict) -> dict:
                 return model.finalize(state)
             return model(x)
 
-    rate = _matmul_rate(device, min(n, 1 << 16), spec["width"])
+    seconds = _timed_steps(infer, spec["steps"], device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_bytes()
-    seconds = _timed_steps(infer, spec["steps"], device)
+    else:
+        _map_large_blocks()
+    before = _reset_peak()
+    infer()  # once more, for the peak alone
+    _sync(device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_bytes() - before
+    rate = _matmul_rate(device, min(n, 1 << 16), spec["width"])
     return {"seconds": seconds, "cells_per_s": n / seconds, "peak_gib": peak / GIB, "flops_per_set": flops,
             "matmul_flop_s": rate, "roofline_s": flops / rate, "efficiency": flops / rate / seconds}
 
