@@ -119,3 +119,72 @@ def test_set_norm_float32_is_accurate_with_large_offsets(offset, atol):
         feature_out = FeatureNorm(8)(x.float())
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=atol)
     torch.testing.assert_close(feature_out.double(), feature_ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("act", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 40.0])  # 40: the mean dominates, the centred path
+def test_norm_linear_node_matches_the_separate_layers(act, masked, offset):
+    from flowrbc.models.norms import _SetNormLinearFunction, norm_act, norm_linear
+
+    torch.manual_seed(0)
+    norm, lin = SetNorm(6).double(), torch.nn.Linear(6, 5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(3, 7, 6, dtype=torch.float64) + offset).requires_grad_()
+    mask = None
+    if masked:
+        mask = torch.ones(3, 7, dtype=torch.bool)
+        mask[0, 4:], mask[2, 1:] = False, False
+    params = (x, norm.weight, norm.bias, lin.weight, lin.bias)
+    y = norm_linear(norm, lin, x, mask, act)
+    ref = lin(norm_act(norm, x, mask) if act else norm(x, mask))
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b)
+    fn = lambda *p: _SetNormLinearFunction.apply(*p, mask, 1e-5, act)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, params)
+    assert not y.grad_fn.name().startswith("Addmm")  # one node, not the layers
+
+
+def test_norm_linear_under_bf16_autocast_keeps_float32_weight_gradients():
+    from flowrbc.models.norms import norm_act, norm_linear
+
+    torch.manual_seed(0)
+    norm, lin = SetNorm(8), torch.nn.Linear(8, 8)
+    x = torch.randn(2, 50, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm_linear(norm, lin, x, None, True)
+        ref = lin(norm_act(norm, x, None))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float())
+    grads = torch.autograd.grad(y.float().sum(), (x, lin.weight))
+    expected = torch.autograd.grad(ref.float().sum(), (x, lin.weight))
+    assert [g.dtype for g in grads] == [torch.float32, torch.float32]
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+def test_a_clean_deep_sets_block_saves_one_tensor_beside_its_input():
+    """Input-sized tensors autograd holds for one Deep Sets++ block, besides the input: only
+    the hidden tensor between its two linear layers (the separate layers saved three)."""
+    from flowrbc.models.deepsets import ElementBlock
+
+    torch.manual_seed(0)
+    block = ElementBlock(16, "set", "clean")
+    x = torch.randn(4, 50, 16, requires_grad=True)
+    storages = {}
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            storages[t.untyped_storage().data_ptr()] = t
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = block(x)
+    big = [t for t in storages.values() if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
+    assert len(big) <= 1, [tuple(t.shape) for t in big]
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
