@@ -82,8 +82,7 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
 @torch.no_grad()
 def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                  targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
-                 batch_size: int | None = None, covariates: torch.Tensor | np.ndarray | None = None,
-                 ) -> dict[str, np.ndarray]:
+                 batch_size: int = 64, covariates: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Average over ``draws`` resampled sets per sample: regression values in target units,
     classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)
 
@@ -93,26 +92,13 @@ def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor,
                              batch_size=batch_size)[0]
 
 
-def sets_per_batch(device: torch.device, cells: int, config=None) -> int:
-    """Sets per inference batch. On CPU, about 1 MiB per (B, N, D) activation, so that the
-    elementwise passes of each block (set norm, ReLU, residual) stay in the core's cache: at
-    width 64 and 250 cells that is 16 sets, measured 1.6x faster per set than 64. Elsewhere
-    (GPU) 64."""
-    if device.type != "cpu":
-        return 64
-    width = getattr(config, "width", 128)
-    return int(max(1, min(64, (1 << 18) // max(cells * width, 1))))
-
-
 @torch.no_grad()
 def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                       targets: dict[str, dict], covariates: list, *, cells: int, draws: int = DRAWS, seed: int = 0,
-                      batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+                      batch_size: int = 64) -> list[dict[str, np.ndarray]]:
     """``predict_sets`` for each entry of ``covariates`` (e.g. ``[known, None]``) from the same
-    draws: each set is embedded once and decoded once per entry (``model.embed``/``decode``).
-    ``batch_size`` None: ``sets_per_batch``."""
+    draws: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
     model.eval()
-    batch_size = batch_size or sets_per_batch(X.device, cells, getattr(model, "config", None))
     generator = torch.Generator(device=X.device)
     generator.manual_seed(seed)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
