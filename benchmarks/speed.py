@@ -135,7 +135,8 @@ def _build(spec: dict, n: int, device):
     family, depth, extra = MODELS[spec["model"]]
     if spec["impl"] == "papers":
         return paper_model(family, depth, n, spec["width"], **extra).to(device)
-    config = ModelConfig(family=family, depth=depth, width=spec["width"], checkpoint=spec["checkpoint"], **extra)
+    config = ModelConfig(family=family, depth=depth, width=spec["width"], checkpoint=spec["checkpoint"],
+                         lean=spec.get("lean", False), **extra)
     return build_model(config).to(device)
 
 
@@ -357,7 +358,7 @@ def grid(args) -> list[dict]:
                 for phase in ("train", "infer"):
                     spec = dict(impl=impl, model=name, n=n, phase=phase, batch=args.batch, width=args.width,
                                 steps=args.steps, threads=args.threads, device=args.device,
-                                checkpoint=args.checkpoint)
+                                checkpoint=args.checkpoint, lean=args.lean)
                     row[impl, phase] = r = run_child(spec, args)
                     records.append(r)
                 tr, inf = row[impl, "train"], row[impl, "infer"]
@@ -410,6 +411,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (median)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads in each child")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
+    ap.add_argument("--lean", action="store_true", help="flowrbc: ModelConfig.lean (fused set norm + linear)")
     ap.add_argument("--checkpoint", action="store_true", help="flowrbc: recompute blocks in backward")
     ap.add_argument("--scaling", action="store_true", help="inference vs set size instead of the grid")
     ap.add_argument("--scaling-models", nargs="+", default=list(SCALING_MODELS),

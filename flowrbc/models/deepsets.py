@@ -35,6 +35,7 @@ class ElementBlock(nn.Module):
         super().__init__()
         self.residual = residual
         self.equivariant = equivariant
+        self.lean = False  # ModelConfig.lean: see norm_linear
         self.fc1 = nn.Linear(dim, dim)
         self.norm1 = make_norm(norm, dim)
         if residual != "none":
@@ -49,10 +50,10 @@ class ElementBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.residual == "clean":
             if self.equivariant == "none":
-                h = norm_linear(self.norm1, self.fc1, x, mask, act=True)  # (B, N, D)
+                h = norm_linear(self.norm1, self.fc1, x, mask, True, self.lean)  # (B, N, D)
             else:
                 h = self.fc1(self._centre(norm_act(self.norm1, x, mask), mask))
-            return x + norm_linear(self.norm2, self.fc2, h, mask, act=True)
+            return x + norm_linear(self.norm2, self.fc2, h, mask, True, self.lean)
         if self.residual == "nonclean":
             h = norm_act(self.norm1, self.fc1(self._centre(x, mask)), mask)
             return F.relu(x + self.norm2(self.fc2(h), mask))
@@ -80,6 +81,8 @@ class ElementEncoder(nn.Module):
             ElementBlock(config.width, config.norm, config.residual, config.equivariant)
             for _ in range(config.depth)
         )
+        for block in self.blocks:
+            block.lean = config.lean
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         h = self.input(x)  # (B, N, D)

@@ -64,6 +64,7 @@ class MAB(nn.Module):
         super().__init__()
         self.residual = residual
         self.query = query
+        self.lean = False  # ModelConfig.lean: see norm_linear
         self.attn = MultiHead(dim, heads)
         # Only norms that are used exist (unused parameters would upset DDP).
         needs_norm_q = residual != "clean" or query == "data"
@@ -75,15 +76,15 @@ class MAB(nn.Module):
             self.fc2 = nn.Linear(dim, dim)
 
     def forward(self, q: Tensor, k: Tensor, q_mask: Tensor | None, k_mask: Tensor | None) -> Tensor:
-        if self.residual == "clean":  # every norm -> linear pair as one node (norm_linear)
+        if self.residual == "clean":  # every norm -> linear pair through norm_linear
             if self.query == "learned":
                 qp = self.attn.q(q)  # (B, M, D)
             else:  # self-attention normalises its shared input with norm_k
                 norm = self.norm_k if self.query == "self" else self.norm_q
-                qp = norm_linear(norm, self.attn.q, q, q_mask, act=False)
-            kv = norm_linear(self.norm_k, self.attn.kv, k, k_mask, act=False)  # (B, N, 2D)
+                qp = norm_linear(norm, self.attn.q, q, q_mask, False, self.lean)
+            kv = norm_linear(self.norm_k, self.attn.kv, k, k_mask, False, self.lean)  # (B, N, 2D)
             h = q + self.attn.attend(qp, kv, k_mask)  # (B, M, D)
-            return h + self.fc2(F.relu(norm_linear(self.norm_h, self.fc1, h, q_mask, act=False), inplace=True))
+            return h + self.fc2(F.relu(norm_linear(self.norm_h, self.fc1, h, q_mask, False, self.lean), inplace=True))
         if self.residual == "nonclean":
             h = self.norm_q(q + self.attn(q, k, k_mask), q_mask)
             return self.norm_h(h + F.relu(self.fc1(h)), q_mask)
@@ -143,6 +144,9 @@ class SetTransformer(SetModel):
             blocks = (SAB(d, c.heads, c.norm, c.residual) for _ in range(c.depth))
         self.blocks = nn.ModuleList(blocks)
         self.pma = PMA(d, c.heads, c.norm, c.residual) if c.pooling == "pma" else None
+        for module in self.modules():
+            if isinstance(module, MAB):
+                module.lean = c.lean
 
     def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
         h = self.input(x)  # (B, N, D)

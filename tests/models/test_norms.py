@@ -138,7 +138,7 @@ def test_norm_linear_node_matches_the_separate_layers(act, masked, offset):
         mask = torch.ones(3, 7, dtype=torch.bool)
         mask[0, 4:], mask[2, 1:] = False, False
     params = (x, norm.weight, norm.bias, lin.weight, lin.bias)
-    y = norm_linear(norm, lin, x, mask, act)
+    y = norm_linear(norm, lin, x, mask, act, lean=True)
     ref = lin(norm_act(norm, x, mask) if act else norm(x, mask))
     torch.testing.assert_close(y, ref)
     g = torch.randn_like(y)
@@ -156,7 +156,7 @@ def test_norm_linear_under_bf16_autocast_keeps_float32_weight_gradients():
     norm, lin = SetNorm(8), torch.nn.Linear(8, 8)
     x = torch.randn(2, 50, 8, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = norm_linear(norm, lin, x, None, True)
+        y = norm_linear(norm, lin, x, None, True, lean=True)
         ref = lin(norm_act(norm, x, None))
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref.float())
@@ -167,13 +167,15 @@ def test_norm_linear_under_bf16_autocast_keeps_float32_weight_gradients():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
 
 
-def test_a_clean_deep_sets_block_saves_one_tensor_beside_its_input():
-    """Input-sized tensors autograd holds for one Deep Sets++ block, besides the input: only
-    the hidden tensor between its two linear layers (the separate layers saved three)."""
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
+    """Input-sized tensors autograd holds for one Deep Sets++ block, besides the input: with
+    ``lean`` only the hidden tensor between its two linear layers; without, three."""
     from flowrbc.models.deepsets import ElementBlock
 
     torch.manual_seed(0)
     block = ElementBlock(16, "set", "clean")
+    block.lean = lean
     x = torch.randn(4, 50, 16, requires_grad=True)
     storages = {}
 
@@ -185,6 +187,6 @@ def test_a_clean_deep_sets_block_saves_one_tensor_beside_its_input():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = block(x)
     big = [t for t in storages.values() if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
-    assert len(big) <= 1, [tuple(t.shape) for t in big]
+    assert len(big) == (1 if lean else 3), [tuple(t.shape) for t in big]
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
