@@ -35,6 +35,7 @@ class TrainConfig:
     norm: str | None = None  # None: the family's default
     residual: str | None = None  # None: the family's default
     inducing: int | None = None  # set_transformer families: ISAB inducing points (None: 32; 0: full attention)
+    lean: bool = False  # ModelConfig.lean: about half the activation memory, slower on CPU
     targets: tuple[str, ...] = ("hematocrit", "anemia")
     covariates: tuple[str, ...] | None = None  # None: sex and age where the cohort has them; (): none
     covariate_dropout: float = 0.2  # share of training sets whose each covariate reads "unknown"
@@ -341,7 +342,7 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model_config = ModelConfig(family=config.model, in_features=len(data.roles), depth=config.depth,
                                width=config.width, norm=config.norm, residual=config.residual,
-                               inducing=config.inducing,
+                               inducing=config.inducing, lean=config.lean,
                                covariates=len(data.covariates.names), outputs={name: 1 for name in data.specs})
     model = build_model(model_config).to(device)
     net = model

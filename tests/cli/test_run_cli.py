@@ -47,6 +47,23 @@ def test_train_sizes_the_builtin_cohort_and_scores_a_fresh_one(tmp_path, monkeyp
     assert metrics["fresh"]["n"] == 50 and "mse" in metrics["fresh"]["paired"]["hematocrit"]
 
 
+def test_train_lean_stores_the_option_and_matches_the_default_model(tmp_path, trained):
+    """--lean changes what backward keeps, not the model: same seed, same first epoch."""
+    import torch
+
+    root, _ = trained
+    args = ["train", str(root / "cohort.h5ad"), "--epochs", "1", "--width", "16", "--depth", "2", "--set-size", "32",
+            "--batch-size", "16", "--device", "cpu", "--set-only"]
+    runs = {}
+    for lean in (False, True):
+        out = runner.invoke(app, args + ["--out", str(tmp_path / str(lean))] + (["--lean"] if lean else []))
+        assert out.exit_code == 0, out.output
+        runs[lean] = torch.load(tmp_path / str(lean) / "model.pt", weights_only=True)
+    assert runs[True]["model_config"]["lean"] is True and runs[False]["model_config"]["lean"] is False
+    for key, value in runs[False]["state_dict"].items():
+        torch.testing.assert_close(runs[True]["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_train_refuses_builtin_sizes_for_a_cohort_file(trained):
     root, _ = trained
     out = runner.invoke(app, ["train", str(root / "cohort.h5ad"), "--patients", "100"])
