@@ -31,11 +31,11 @@ from flowrbc.models.pooling import pool
 class ElementBlock(nn.Module):
     """One per-element block ``(B, N, D) -> (B, N, D)``; see the module docstring."""
 
-    def __init__(self, dim: int, norm: str, residual: str, equivariant: str = "none") -> None:
+    def __init__(self, dim: int, norm: str, residual: str, equivariant: str = "none", lean: bool = False) -> None:
         super().__init__()
         self.residual = residual
         self.equivariant = equivariant
-        self.lean = False  # ModelConfig.lean: see norm_linear
+        self.lean = lean  # ModelConfig.lean: see norm_linear
         self.fc1 = nn.Linear(dim, dim)
         self.norm1 = make_norm(norm, dim)
         if residual != "none":
@@ -78,11 +78,9 @@ class ElementEncoder(nn.Module):
         self.recompute = config.checkpoint
         self.input = nn.Linear(config.in_features, config.width)
         self.blocks = nn.ModuleList(
-            ElementBlock(config.width, config.norm, config.residual, config.equivariant)
+            ElementBlock(config.width, config.norm, config.residual, config.equivariant, config.lean)
             for _ in range(config.depth)
         )
-        for block in self.blocks:
-            block.lean = config.lean
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         h = self.input(x)  # (B, N, D)

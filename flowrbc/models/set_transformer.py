@@ -144,7 +144,7 @@ class SetTransformer(SetModel):
             blocks = (SAB(d, c.heads, c.norm, c.residual) for _ in range(c.depth))
         self.blocks = nn.ModuleList(blocks)
         self.pma = PMA(d, c.heads, c.norm, c.residual) if c.pooling == "pma" else None
-        for module in self.modules():
+        for module in self.modules():  # every attention block (inside SAB, ISAB, PMA)
             if isinstance(module, MAB):
                 module.lean = c.lean
 

@@ -174,8 +174,7 @@ def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     from flowrbc.models.deepsets import ElementBlock
 
     torch.manual_seed(0)
-    block = ElementBlock(16, "set", "clean")
-    block.lean = lean
+    block = ElementBlock(16, "set", "clean", lean=lean)
     x = torch.randn(4, 50, 16, requires_grad=True)
     storages = {}
 
