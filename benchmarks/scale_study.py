@@ -56,21 +56,9 @@ def _cohort(n_train: int, cells: int):
 
 def _population_model(cohort, fresh) -> dict:
     """GBM on the exact population parameters + sex, age: train split, chosen on val."""
-    from flowrbc.metrics import fit_moment_baseline
-    from flowrbc.simulate import simulate_cohort
+    from flowrbc.bound import exact_population_reference
 
-    def features(n, seed):
-        sim = simulate_cohort(n, 1, seed=seed)  # the same patients as the cohort (cells aside)
-        pop = np.concatenate([sim.populations[k] for k in ("w", "M", "C", "cv", "cc")], axis=1)
-        s = sim.samples
-        return np.concatenate([pop, (s["sex"] == "F").to_numpy(float)[:, None], s["age"].to_numpy(float)[:, None]], 1)
-
-    F = features(len(cohort.samples), 0)
-    split = cohort.samples["split"].astype(str).to_numpy()
-    targets = {"hematocrit": cohort.samples["hematocrit"].to_numpy(float),
-               "anemia": cohort.samples["anemia"].to_numpy(float)}
-    model = fit_moment_baseline(F, targets, split == "train", split == "val", [f"p{i}" for i in range(F.shape[1])])
-    return model.predict(features(len(fresh.samples), FRESH_SEED))
+    return exact_population_reference(cohort.samples, 0, fresh.samples, FRESH_SEED)
 
 
 def _scores(y_h, y_a, hct, prob) -> dict:

@@ -246,3 +246,36 @@ def _cell_bound(pop, sex, age, hb_threshold) -> dict[str, np.ndarray]:
     scale = idx["mcv"] / 10
     return {"hematocrit": scale * rbc_m, "hematocrit_sd": scale * np.sqrt(rbc_v),
             "anemia_probability": np.clip(p_anemia, 0.0, 1.0)}
+
+
+# --------------------------------------------------------------------------- a learned reference
+
+
+def population_features(n_patients: int, seed: int) -> np.ndarray:
+    """(n_patients, 22): each patient's exact population parameters (``w, M, C, cv, cc`` of
+    the four components: what infinitely many cells reveal), then sex (1 = woman) and age;
+    the patients of ``simulate_cohort(n_patients, any cells, seed=seed)`` in their order."""
+    from flowrbc.simulate import simulate_cohort
+
+    sim = simulate_cohort(n_patients, 1, seed=seed)  # patients do not depend on the cell count
+    pop = [sim.populations[k] for k in ("w", "M", "C", "cv", "cc")]
+    s = sim.samples
+    return np.concatenate(pop + [(s["sex"] == "F").to_numpy(float)[:, None], s["age"].to_numpy(float)[:, None]], 1)
+
+
+def exact_population_reference(samples, seed: int, fresh_samples, fresh_seed: int,
+                               targets=("hematocrit", "anemia")) -> dict[str, np.ndarray]:
+    """Predictions on the fresh patients of a model *given* each patient's exact population
+    parameters: the moments baseline's gradient boosting on ``population_features``, fitted on
+    the training split of the synthetic cohort ``samples`` (built-in, ``seed``), chosen on its
+    validation split. What a predictor of the cells could learn from the same patients if
+    every cell were measured: the room between it and the moments baseline is the room a set
+    model can win at that training size (the bound above lies lower still: this model has to
+    learn the mapping from the same few patients)."""
+    from flowrbc.metrics import fit_moment_baseline
+
+    F = population_features(len(samples), seed)
+    split = samples["split"].astype(str).to_numpy()
+    y = {t: samples[t].to_numpy(float) for t in targets if t in samples.columns}
+    model = fit_moment_baseline(F, y, split == "train", split == "val", [f"population_{i}" for i in range(F.shape[1])])
+    return model.predict(population_features(len(fresh_samples), fresh_seed))

@@ -67,13 +67,12 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
 
 def _blend(loaded, cohort, idx: np.ndarray, raw: dict, cov: np.ndarray | None) -> dict:
     """The set model's predictions averaged with the checkpoint's index members (``flowrbc.hybrid``)."""
-    from flowrbc.metrics import moment_features
     from flowrbc.train import rows_of
 
     cols = [cohort.channels.index(c) for _, c in loaded.channels]
     rows, offs = rows_of(cohort.offsets, idx)
     cells = cohort.X[rows][:, cols]
-    F, _ = moment_features(cells[:, 0], cells[:, 1], offs)
+    F = loaded.index.features(cells[:, 0], cells[:, 1], offs)
     enc = loaded.covariates
     has = enc is not None and bool(enc.names)
     cov_raw = enc.raw(cohort.samples.iloc[idx]) if has else np.zeros((len(idx), 0))

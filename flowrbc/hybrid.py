@@ -1,8 +1,10 @@
 r"""The default predictor of a regression target: the set model averaged with two models of the
-analyser indices.
+sample's index features.
 
-For a patient with cells :math:`X`, moment features :math:`f(X)` (MCV, RDW, HDW, percentiles,
-fractions: ``flowrbc.metrics.moment_features``) and covariates :math:`c`:
+For a patient with cells :math:`X`, index features :math:`f(X)`: the analyser indices (MCV,
+RDW, HDW, percentiles, fractions: ``flowrbc.metrics.moment_features``) and the shape of the
+log-scale distributions (skewness, kurtosis, tail percentiles, the volume-hemoglobin
+correlation: ``flowrbc.metrics.shape_features``), and covariates :math:`c`:
 
 .. math::  \hat y = \tfrac13\big(\hat y_{\text{set}}(X, c) + \hat y_{\text{mlp}}(f, c) + \hat y_{\text{trees}}(f, c)\big)
 
@@ -10,8 +12,14 @@ fractions: ``flowrbc.metrics.moment_features``) and covariates :math:`c`:
 - :math:`\hat y_{\text{mlp}}`: the mean of ``members`` small MLPs on the standardised features and
   the encoded covariates, each stopped at its best validation epoch (``StackedMLP``: the
   members train together as one batched module);
-- :math:`\hat y_{\text{trees}}`: the moments baseline's gradient-boosted trees, applied in numpy
+- :math:`\hat y_{\text{trees}}`: gradient-boosted trees on the same features and the raw
+  covariates (the moments baseline's grid, chosen on validation), applied in numpy
   (``flowrbc.trees``).
+
+The shape features were added after measuring on experiment cohorts (seeds 777/778, 1,400
+training patients, 5,000 fresh): trees 10.58 -> 10.17 and the whole predictor 9.82 -> 9.61
+hematocrit MSE; the analyser indices alone miss the tails and asymmetry that separate,
+say, a hypochromic subpopulation from a uniformly shifted one.
 
 Why a fixed equal mean and no fitted weights: the three make correlated but different
 errors, and with ~300 validation patients a fitted weight is mostly noise (measured on
@@ -24,6 +32,7 @@ numpy and torch only: the predict path uses this module.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,13 +134,27 @@ def fit_stacked_mlp(Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.nda
 class IndexModels:
     """The two index members of each regression target, and what they read.
 
-    Trees read ``[moment features, raw covariates (NaN = unknown)]`` (the baseline's columns);
-    the MLPs read ``[(features − mean) / sd, encoded covariates]`` (0 = unknown, NaN -> 0)."""
+    Features ``F``: the moment features, then (``shape``) the shape features (``features``).
+    Trees read ``[F, raw covariates (NaN = unknown)]``; the MLPs read
+    ``[(F − mean) / sd, encoded covariates]`` (0 = unknown, NaN -> 0)."""
 
     feature_names: list[str]
-    mean: np.ndarray  # (F,) training mean of the moment features
+    mean: np.ndarray  # (F,) training mean of the features
     sd: np.ndarray  # (F,)
     members: dict[str, dict]  # target -> {"mlp": StackedMLP, "y_mean", "y_std", "trees": TreeEnsemble}
+    shape: bool = True  # False: moment features only (checkpoints written before the shape features)
+
+    def features(self, volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray,
+                 moments: np.ndarray | None = None) -> np.ndarray:
+        """The features these members read, (n_samples, F), from cells split by ``offsets``;
+        ``moments`` (n_samples, ·): the moment features when the caller has them already."""
+        from flowrbc.metrics import moment_features, shape_features
+
+        if moments is None:
+            moments = moment_features(volume, hemoglobin, offsets)[0]
+        if not self.shape:
+            return moments
+        return np.concatenate([moments, shape_features(volume, hemoglobin, offsets)[0]], axis=1)
 
     def mlp_inputs(self, F: np.ndarray, cov_encoded: np.ndarray) -> np.ndarray:
         Z = np.concatenate([(F - self.mean) / self.sd, cov_encoded], axis=1)  # (n, F + k)
@@ -155,7 +178,7 @@ class IndexModels:
         return {k: (np.asarray(v) + 2.0 * index[k]) / 3.0 if k in index else v for k, v in set_pred.items()}
 
     def to_state(self) -> dict:
-        return {"feature_names": list(self.feature_names), "mean": torch.from_numpy(self.mean.copy()),
+        return {"feature_names": list(self.feature_names), "shape": self.shape, "mean": torch.from_numpy(self.mean.copy()),
                 "sd": torch.from_numpy(self.sd.copy()),
                 "members": {k: {"mlp_config": dict(m["mlp"].config), "mlp_state": m["mlp"].state_dict(),
                                 "y_mean": m["y_mean"], "y_std": m["y_std"], "trees": m["trees"].to_state()}
@@ -174,28 +197,33 @@ class IndexModels:
             members[name] = {"mlp": mlp.eval(), "y_mean": float(m["y_mean"]), "y_std": float(m["y_std"]),
                              "trees": TreeEnsemble.from_state(m["trees"])}
         return cls(list(state["feature_names"]), state["mean"].numpy().astype(np.float64),
-                   state["sd"].numpy().astype(np.float64), members)
+                   state["sd"].numpy().astype(np.float64), members, shape=bool(state.get("shape", False)))
 
 
-def fit_index_models(F: np.ndarray, names: list[str], cov_encoded: np.ndarray, truth: dict[str, np.ndarray],
-                     specs: dict[str, dict], baseline, train: np.ndarray, val: np.ndarray,
+def fit_index_models(F: np.ndarray, names: list[str], cov_raw: np.ndarray, cov_encoded: np.ndarray,
+                     truth: dict[str, np.ndarray], specs: dict[str, dict], train: np.ndarray, val: np.ndarray,
                      seed: int = 0) -> IndexModels:
-    """Index members for every regression target of ``specs``: MLPs fitted on rows ``train``
-    (stopped on ``val``), the trees taken from the fitted moments ``baseline``."""
+    """Index members for every regression target of ``specs`` from features ``F`` (n, ·)
+    (``IndexModels.features``) named ``names``: MLPs and trees (the moments baseline's grid)
+    fitted on rows ``train``, stopped or chosen on ``val``."""
+    from flowrbc.metrics import fit_moment_baseline
     from flowrbc.trees import TreeEnsemble
 
-    mean = F[train].mean(0)
-    sd = F[train].std(0)
-    sd = np.where(sd > 0, sd, 1.0)
+    with warnings.catch_warnings():  # an all-NaN column (one-cell samples only) -> mean 0, sd 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nan_to_num(np.nanmean(F[train], axis=0))
+        sd = np.nanstd(F[train], axis=0)
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
     index = IndexModels(list(names), mean, sd, {})
     Z = index.mlp_inputs(F, cov_encoded)
-    for name, spec in specs.items():
-        if spec["kind"] != "regression" or name not in baseline.models:
-            continue
-        y = truth[name]
+    regression = {name: truth[name] for name, spec in specs.items() if spec["kind"] == "regression"}
+    rows = np.arange(len(F))
+    trees = fit_moment_baseline(np.concatenate([F, cov_raw], axis=1), regression, np.isin(rows, train),
+                                np.isin(rows, val), list(names), seed=seed)
+    for name, y in regression.items():
         tr, va = train[np.isfinite(y[train])], val[np.isfinite(y[val])]
-        z = (y - spec["mean"]) / spec["std"]
+        z = (y - specs[name]["mean"]) / specs[name]["std"]
         mlp = fit_stacked_mlp(Z, z, tr, va, seed=seed)
-        index.members[name] = {"mlp": mlp, "y_mean": spec["mean"], "y_std": spec["std"],
-                               "trees": TreeEnsemble.from_sklearn(baseline.models[name])}
+        index.members[name] = {"mlp": mlp, "y_mean": specs[name]["mean"], "y_std": specs[name]["std"],
+                               "trees": TreeEnsemble.from_sklearn(trees.models[name])}
     return index

@@ -168,6 +168,41 @@ def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndar
     return np.stack(cols, axis=1), names
 
 
+SHAPE_PERCENTILES = (1, 10, 90, 99)
+
+
+def shape_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    r"""The shape of each sample's log-scale distributions -> ``(S (n_samples, 19), names)``.
+
+    For :math:`x` = log volume, log hemoglobin content and log CHC of a sample's cells, with
+    central moments :math:`m_k = \overline{(x - \bar x)^k}`: skewness :math:`m_3 / m_2^{3/2}`,
+    excess kurtosis :math:`m_4 / m_2^2 - 3`, the tail percentiles ``SHAPE_PERCENTILES``; and
+    the correlation of log volume with log hemoglobin. What the analyser indices leave out
+    (tails, asymmetry, a second population's shoulder), for the index members of the default
+    predictor (``flowrbc.hybrid``). A one-cell sample has NaN moments.
+    """
+    offsets, counts = _segments(offsets)
+    starts = offsets[:-1]
+    log_v = np.log(np.maximum(np.asarray(volume, dtype=np.float64), 1e-6))
+    log_h = np.log(np.maximum(np.asarray(hemoglobin, dtype=np.float64), 1e-6))
+    cols: list[np.ndarray] = []
+    names: list[str] = []
+    centred = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for label, x in (("volume", log_v), ("hemoglobin", log_h), ("chc", log_h - log_v + math.log(100.0))):
+            d = x - np.repeat(np.add.reduceat(x, starts) / counts, counts)  # (n_cells,) centred
+            d2 = d * d
+            m2, m3, m4 = (np.add.reduceat(t, starts) / counts for t in (d2, d2 * d, d2 * d2))
+            cols += [m3 / m2**1.5, m4 / (m2 * m2) - 3.0]
+            cols += list(segment_percentiles(x.astype(np.float32), offsets, SHAPE_PERCENTILES).T)
+            names += [f"log_{label}_skew", f"log_{label}_kurtosis"] + [f"log_{label}_p{q}" for q in SHAPE_PERCENTILES]
+            centred[label] = (d, m2)
+        (dv, vv), (dh, vh) = centred["volume"], centred["hemoglobin"]
+        cols.append(np.add.reduceat(dv * dh, starts) / counts / np.sqrt(vv * vh))
+    names.append("log_volume_hemoglobin_corr")
+    return np.stack(cols, axis=1), names
+
+
 # ----------------------------------------------------------------------------- metrics
 
 

@@ -222,7 +222,8 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         out.draws = draws
     if model.index is not None and not unknown:
         encoded = np.zeros((1, 0)) if cov is None else cov.cpu().numpy()
-        blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, features, cov_raw[None], encoded)
+        F = model.index.features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]), moments=features)  # (1, F)
+        blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, F, cov_raw[None], encoded)
         heads = {k: float(v[0]) for k, v in blended.items()}
     out.values = _report(model, heads, coverage, covariates_unknown=unknown)
     return out

@@ -274,12 +274,16 @@ def train_cohort(
     log: Callable[[str], None] | None = None,
     plots: bool = True,
     fresh=None,
+    reference: Callable[[], dict] | None = None,
 ) -> TrainResult:
     """Train a set model on ``cohort`` (flowrbc.io.cohort.Cohort) and write the run.
 
     ``fresh``: an independent cohort (same channels) that is scored once at the end, never
     used for any choice (``metrics["fresh"]``); for the built-in cohort, the CLI passes a
-    fresh synthetic cohort of another seed.
+    fresh synthetic cohort of another seed. ``reference()``: another predictor's predictions on
+    the fresh samples (target -> (n_fresh,), in its units or probabilities), scored beside the
+    model as ``metrics["fresh"]["reference"]``; for the built-in cohort, the CLI passes the
+    model given the exact population parameters (``flowrbc.bound.exact_population_reference``).
 
     Validation chooses the weights (once per epoch, fixed draws); then the validation split
     fits the calibration (conformal hematocrit interval, anemia temperature), and the test
@@ -293,13 +297,13 @@ def train_cohort(
         if config.threads and resolve_device(config.device).type == "cpu":
             torch.set_num_threads(config.threads)
         return _train_cohort(cohort, config, out_dir, resume=resume, progress=progress,
-                             on_epoch_end=on_epoch_end, log=log, plots=plots, fresh=fresh)
+                             on_epoch_end=on_epoch_end, log=log, plots=plots, fresh=fresh, reference=reference)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_epoch_end, log, plots,
-                  fresh) -> TrainResult:
+                  fresh, reference=None) -> TrainResult:
     from pathlib import Path
 
     from flowrbc.checkpoint import (
@@ -427,7 +431,7 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     if rank != 0:
         return TrainResult(run_dir, {}, result.history, result.best_epoch)
     say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
-    metrics, calibration, arrays, index = _finish(model, data, config, cohort, fresh)
+    metrics, calibration, arrays, index = _finish(model, data, config, cohort, fresh, reference)
     ranges, moments = _qc_reference(data, data.inputs.moment_features())
     from flowrbc.report.reference import healthy_reference  # the report's healthy contour and bands
 
@@ -479,7 +483,7 @@ def _finite(obj):
     return obj
 
 
-def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
+def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, reference=None):
     """Fit the index members (``flowrbc.hybrid``), calibrate on validation; score the
     predictor, the set model alone, the moment baseline and (synthetic) the bound on test and
     on the ``fresh`` cohort (an independent cohort never used for any choice), each comparison
@@ -495,7 +499,7 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
     has_cov = len(data.covariates.names) > 0
     inputs = data.inputs
     baseline = _fit_baseline(data, inputs, config)
-    index = _fit_index(data, inputs, baseline, config) if config.hybrid else None
+    index = _fit_index(data, inputs, config) if config.hybrid else None
 
     def set_model(src: _Inputs, idx, unknown: bool = has_cov):  # (known, unknown or None): one encoder pass
         return src.predict(model, idx, data.specs, config, with_unknown=unknown)
@@ -520,8 +524,10 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
         if key == "test":
             arrays = metrics[key].pop("_arrays")
         else:
-            metrics[key].pop("_arrays")
+            scored_fresh = metrics[key].pop("_arrays")
             metrics[key]["cohort"] = fresh.source
+            if reference is not None:
+                metrics[key]["reference"] = _against_reference(data, config, scored_fresh, src.truth, reference())
         if index is not None:
             alone = _score(data, config, calibration, src, idx, known, baseline, None)
             metrics[key]["set_model"] = {"model": alone["model"], "paired": alone["paired"]}
@@ -531,13 +537,13 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None):
     return metrics, calibration, arrays, index
 
 
-def _fit_index(data: _CohortData, inputs: _Inputs, baseline, config: TrainConfig):
+def _fit_index(data: _CohortData, inputs: _Inputs, config: TrainConfig):
     """The index members of the predictor (``flowrbc.hybrid``), fitted on train, stopped on val."""
     from flowrbc.hybrid import fit_index_models
 
-    F, names = inputs.moment_features()
-    return fit_index_models(F, names, data.covariates.encode_raw(inputs.cov_raw), data.truth, data.specs, baseline,
-                            data.split["train"], data.split["val"], seed=config.seed)
+    F, names = inputs.index_features()
+    return fit_index_models(F, names, inputs.cov_raw, data.covariates.encode_raw(inputs.cov_raw), data.truth,
+                            data.specs, data.split["train"], data.split["val"], seed=config.seed)
 
 
 @dataclass
@@ -555,6 +561,7 @@ class _Inputs:
     cov_raw: Any  # (n, k) NaN = unknown
     truth: dict[str, Any]
     _features: Any = None  # the baseline's features, computed once
+    _index_features: Any = None  # the index members' features, computed once
 
     @property
     def n(self) -> int:
@@ -596,6 +603,18 @@ class _Inputs:
             self._features = moment_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
         return self._features
 
+    def index_features(self):
+        """(moment + shape features (n, F), names): what the index members read, computed once."""
+        import numpy as np
+
+        from flowrbc.metrics import shape_features
+
+        if self._index_features is None:
+            F, names = self.moment_features()
+            S, shape_names = shape_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
+            self._index_features = np.concatenate([F, S], axis=1), names + shape_names
+        return self._index_features
+
     def baseline_features(self):
         """Moment features + raw covariates (NaN = unknown): the baseline's columns."""
         import numpy as np
@@ -605,7 +624,7 @@ class _Inputs:
 
     def blend(self, index, idx, pred: dict) -> dict:
         """The set model's ``pred`` on samples ``idx`` blended with the index members."""
-        F, _ = self.moment_features()
+        F, _ = self.index_features()
         cov = self.cov[torch.as_tensor(idx, device=self.cov.device)].cpu().numpy()
         return index.blend(pred, F[idx], self.cov_raw[idx], cov)
 
@@ -687,6 +706,27 @@ def _score(data: _CohortData, config: TrainConfig, calibration: dict, inputs: _I
             out["paired"][name] = compare(spec["kind"], y[ok], value[ok], pb[name][ok], seed=config.seed)
     if samples is not None:
         out["bound"] = _bound(samples, idx)
+    return out
+
+
+def _against_reference(data: _CohortData, config: TrainConfig, scored: dict, truth: dict, ref: dict) -> dict:
+    """A reference predictor ``ref`` (target -> (n,)) on the patients the model was ``scored``
+    on (``_score``'s arrays): ``{"model": {target: metrics + SE}, "paired": {target: model −
+    reference}}``."""
+    import numpy as np
+
+    from flowrbc.evaluation import compare, standard_errors
+    from flowrbc.metrics import classification_metrics, regression_metrics
+
+    out: dict[str, Any] = {"model": {}, "paired": {}}
+    for name, spec in data.specs.items():
+        if name not in ref or name not in scored:
+            continue
+        ok = np.isfinite(truth[name])
+        y, value, r = scored[name][0], scored[name][1], np.asarray(ref[name], np.float64)[ok]
+        metric = regression_metrics if spec["kind"] == "regression" else classification_metrics
+        out["model"][name] = dict(metric(y, r), **standard_errors(spec["kind"], y, r, seed=config.seed))
+        out["paired"][name] = compare(spec["kind"], y, value, r, seed=config.seed)
     return out
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flowrbc.bound import cell_bound
+from flowrbc.bound import cell_bound, exact_population_reference, population_features
 from flowrbc.evaluation import paired
 from flowrbc.simulate import simulate_cohort
 
@@ -13,16 +13,11 @@ def sim():
     return simulate_cohort(6000, 1, seed=21)  # the bound needs no cells: one per patient
 
 
-def _population_features(sim):
-    pop = np.concatenate([sim.populations[k] for k in ("w", "M", "C", "cv", "cc")], axis=1)  # (n, 20)
-    s = sim.samples
-    return np.concatenate([pop, (s["sex"] == "F").to_numpy(float)[:, None], s["age"].to_numpy(float)[:, None]], 1)
-
-
 def test_a_model_fitted_on_exact_populations_does_not_beat_the_bound(sim):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    X, s = _population_features(sim), sim.samples
+    X, s = population_features(len(sim.samples), 21), sim.samples
+    np.testing.assert_array_equal(X[:, :4], sim.populations["w"])  # the same patients as ``sim``
     y = s["hematocrit"].to_numpy()
     train, test = slice(0, 4000), slice(4000, None)
     gbm = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0).fit(X[train], y[train])
@@ -62,3 +57,21 @@ def test_the_bound_sees_only_the_population(sim):
     pop = {k: v[:1].repeat(3, axis=0) for k, v in sim.populations.items()}
     out = cell_bound(pop, sex[:1].repeat(3), s["age"].to_numpy()[:1].repeat(3), cut[:1].repeat(3))
     assert np.ptp(out["hematocrit"]) == 0 and np.isfinite(out["hematocrit_sd"]).all()
+
+
+def test_the_exact_population_reference_scores_the_fresh_patients_it_is_given():
+    """Fitted on the training split of one seed's patients, it predicts another seed's fresh
+    patients far better than their mean; given the wrong fresh seed (other patients'
+    populations) it loses that skill, so the rows line up with the patients."""
+    from flowrbc.io.cohort import assign_splits
+
+    train = simulate_cohort(1500, 1, seed=5).samples
+    train["split"] = assign_splits(len(train), 5)
+    fresh = simulate_cohort(800, 1, seed=6).samples
+    y = fresh["hematocrit"].to_numpy()
+    right = exact_population_reference(train, 5, fresh, 6)
+    wrong = exact_population_reference(train, 5, fresh, 7)
+    assert set(right) == {"hematocrit", "anemia"}
+    mse = lambda p: float(np.mean((p - y) ** 2))  # noqa: E731
+    assert mse(right["hematocrit"]) < 0.5 * y.var()
+    assert mse(wrong["hematocrit"]) > 1.5 * y.var()

@@ -5,7 +5,7 @@ import torch
 
 from flowrbc.hybrid import IndexModels, StackedMLP, fit_stacked_mlp
 from flowrbc.io.cohort import synthetic_cohort
-from flowrbc.metrics import moment_features
+from flowrbc.metrics import moment_features, shape_features
 from flowrbc.predict import load_model, predict_file
 from flowrbc.simulate import write_simulated
 from flowrbc.train import TrainConfig, train_cohort
@@ -68,8 +68,29 @@ def test_predict_file_applies_the_trained_blend(tmp_path):
     data = read_fcs_data(path)
     cells = data.events[:, :2].astype(np.float64)
     cells = cells[pp.rbc_gate(cells[:, 0], cells[:, 1])]
-    F, _ = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
+    moments, _ = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
+    F = index.features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
+    assert F.shape == (1, moments.shape[1] + len(shape_features(cells[:2, 0], cells[:2, 1], np.array([0, 2]))[1]))
+    np.testing.assert_array_equal(F[:, : moments.shape[1]], moments)
     _, raw = model.covariates.values(None, data.keywords)
     members = index.predict(F, raw[None], model.covariates.encode_raw(raw[None]))["hematocrit"][0]
     assert abs(blended - (alone + 2 * members) / 3) < 1e-9
     assert abs(blended - alone) > 1e-3
+
+
+def test_checkpoint_round_trip_keeps_what_the_members_read(tmp_path):
+    """The members' state says whether they read the shape features; a state written before
+    them (no "shape" key) reads the moment features alone."""
+    cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
+    result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "run", plots=False)
+    state = load_model(result.run_dir / "model.pt").index.to_state()
+    again = IndexModels.from_state(state)
+    assert again.shape and len(again.feature_names) == len(again.mean)
+    rng = np.random.default_rng(0)
+    v, h = rng.lognormal(4.4, 0.13, 300), rng.lognormal(3.4, 0.15, 300)
+    offsets = np.array([0, 120, 300])
+    moments, _ = moment_features(v, h, offsets)
+    assert again.features(v, h, offsets).shape == (2, len(again.feature_names))
+    state.pop("shape")
+    old = IndexModels.from_state(state)
+    np.testing.assert_array_equal(old.features(v, h, offsets), moments)

@@ -13,6 +13,7 @@ from flowrbc.metrics import (
     regression_metrics,
     PERCENTILES,
     segment_percentiles,
+    shape_features,
 )
 
 
@@ -61,6 +62,32 @@ def test_moment_features_match_per_sample_numpy():
         assert F[s, col["frac_microcytic"]] == pytest.approx(np.mean(v < 80))
     with pytest.raises(ValueError, match="sample 1 has no cells"):
         segment_percentiles(vol[:5], np.array([0, 5, 5]))
+
+
+def test_shape_features_match_per_sample_scipy():
+    """Skewness, excess kurtosis and tail percentiles of log volume / log Hb / log CHC and the
+    log volume-Hb correlation equal scipy's and numpy's on each ragged segment."""
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    counts = np.array([40, 1, 300, 17])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    vol = rng.lognormal(np.log(88), 0.15, offsets[-1])
+    hb = vol * rng.lognormal(np.log(0.33), 0.08, offsets[-1])
+    S, names = shape_features(vol, hb, offsets)
+    assert S.shape == (4, len(names)) and len(set(names)) == len(names)
+    col = {n: i for i, n in enumerate(names)}
+    for s in (0, 2, 3):
+        lv, lh = np.log(vol[offsets[s] : offsets[s + 1]]), np.log(hb[offsets[s] : offsets[s + 1]])
+        lc = np.log(100 * np.exp(lh) / np.exp(lv))
+        assert S[s, col["log_volume_skew"]] == pytest.approx(stats.skew(lv))
+        assert S[s, col["log_hemoglobin_kurtosis"]] == pytest.approx(stats.kurtosis(lh))
+        assert S[s, col["log_chc_skew"]] == pytest.approx(stats.skew(lc), abs=1e-9)
+        assert S[s, col["log_volume_p99"]] == pytest.approx(np.percentile(lv, 99), rel=1e-6)
+        assert S[s, col["log_chc_p1"]] == pytest.approx(np.percentile(lc, 1), rel=1e-6)
+        assert S[s, col["log_volume_hemoglobin_corr"]] == pytest.approx(np.corrcoef(lv, lh)[0, 1])
+    assert np.isnan(S[1, col["log_volume_skew"]])  # one cell: no shape
+    assert S[1, col["log_volume_p10"]] == pytest.approx(np.log(vol[40]), rel=1e-6)
 
 
 def test_moment_baseline_learns_a_moment_target():

@@ -99,12 +99,16 @@ def train(
         if resume and out is None:
             out = Path("runs/latest").resolve()
         data = _load_cohort(cohort, patients, cells)
-        fresh_cohort = None
+        fresh_cohort = reference = None
         if cohort is None and fresh:
-            from flowrbc.io.cohort import DEFAULT_CELLS, FRESH_SEED, load_default_cohort
+            from flowrbc.bound import exact_population_reference
+            from flowrbc.io.cohort import DEFAULT_CELLS, DEFAULT_SEED, FRESH_SEED, load_default_cohort
 
             with err_console.status(f"loading {fresh} fresh synthetic patients (seed {FRESH_SEED})"):
                 fresh_cohort = load_default_cohort(fresh, cells or DEFAULT_CELLS, FRESH_SEED)
+
+            def reference() -> dict:
+                return exact_population_reference(data.samples, DEFAULT_SEED, fresh_cohort.samples, FRESH_SEED)
         with progress() as bar:
             task = bar.add_task("training", total=config.epochs, status="")
 
@@ -117,7 +121,7 @@ def train(
                     bar.update(task, status=f"step {p.step}/{p.steps} loss {p.loss:.3f}")
 
             result = train_cohort(data, config, out, resume=resume, progress=report, fresh=fresh_cohort,
-                                  log=lambda m: err_console.print(m, highlight=False))
+                                  reference=reference, log=lambda m: err_console.print(m, highlight=False))
         if result.metrics:
             print_comparison(result.metrics)
             console.print(f"run: {result.run_dir}  (model.pt, metrics.json, plots)")
@@ -130,6 +134,7 @@ def print_comparison(metrics: dict) -> None:
         if key in metrics:
             _comparison_table(metrics[key], f"{title}: {metrics[key].get('n', '?')} samples")
             _set_model_line(metrics[key])
+            _reference_line(metrics[key])
     bound = metrics.get("fresh", metrics.get("test", {})).get("bound", {})
     if bound:
         console.print("* bound: the best prediction from the patient's cell population (infinitely many cells), "
@@ -167,6 +172,23 @@ def _set_model_line(scores: dict) -> None:
                          f"(Δ paired {d['diff']:+.3f} ± {d['se']:.3f}{tag})")
     if parts:
         console.print("  set model alone: " + "; ".join(parts), highlight=False)
+
+
+def _reference_line(scores: dict) -> None:
+    """The model given the exact population parameters, and how much of the baseline's gap to
+    it the predictor closes (built-in cohort, fresh patients)."""
+    from flowrbc.evaluation import verdict
+
+    ref = scores.get("reference", {})
+    m, d = ref.get("model", {}).get("hematocrit"), ref.get("paired", {}).get("hematocrit", {}).get("mse")
+    base, model = scores["baseline"].get("hematocrit"), scores["model"].get("hematocrit")
+    if not (m and d and base and model):
+        return
+    gap = base["mse"] - m["mse"]
+    closed = f"; the model closes {(base['mse'] - model['mse']) / gap:.0%} of the baseline's gap to it" if gap > 0 else ""
+    tag = {"better": " ✓", "worse": " ✗", "tie": ""}[verdict(d, lower_is_better=True)]
+    console.print(f"  exact population parameters (learned from the same training patients): Hct MSE {m['mse']:.3g} "
+                  f"± {m['mse_se']:.2f}; model − it {d['diff']:+.3f} ± {d['se']:.3f}{tag}{closed}", highlight=False)
 
 
 def _comparison_table(scores: dict, title: str) -> None:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -45,6 +46,16 @@ def test_train_sizes_the_builtin_cohort_and_scores_a_fresh_one(tmp_path, monkeyp
     assert any("-p60-c40-" in n for n in cached) and any("-p50-c40-" in n for n in cached)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["fresh"]["n"] == 50 and "mse" in metrics["fresh"]["paired"]["hematocrit"]
+    # the model given the exact population parameters, learned from the same training patients
+    from flowrbc.bound import exact_population_reference
+    from flowrbc.io.cohort import FRESH_SEED, load_default_cohort
+
+    cohort, fresh = load_default_cohort(60, 40, 0), load_default_cohort(50, 40, FRESH_SEED)
+    ref = exact_population_reference(cohort.samples, 0, fresh.samples, FRESH_SEED)["hematocrit"]
+    y = fresh.samples["hematocrit"].to_numpy()
+    reported = metrics["fresh"]["reference"]["model"]["hematocrit"]["mse"]
+    assert abs(reported - np.mean((ref - y) ** 2)) < 1e-9 * reported
+    assert "exact population parameters" in out.output
 
 
 def test_train_lean_stores_the_option_and_matches_the_default_model(tmp_path, trained):
