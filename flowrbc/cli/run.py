@@ -82,8 +82,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
     coverage: Annotated[float, typer.Option("--coverage", help="Nominal coverage of the hematocrit interval.")] = 0.9,
     hybrid: Annotated[bool, typer.Option("--hybrid/--set-only", help="Hematocrit (any regression target): the set "
-                                         "model averaged with two models of the analyser indices (default), or "
-                                         "the set model alone.")] = True,
+                                         "model averaged with two models of the index features (analyser indices + "
+                                         "distribution shape; default), or the set model alone.")] = True,
 ) -> None:
     """Train a set model; print test metrics beside the moment baseline and the bound."""
     with user_errors():
@@ -142,8 +142,8 @@ def print_comparison(metrics: dict) -> None:
                       + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
                       + "flowrbc.bound)", highlight=False)
     if metrics.get("predictor") == "hybrid":
-        console.print("model: hematocrit = mean of the set model and two models of the analyser indices "
-                      "(flowrbc.hybrid); anemia = the set model", highlight=False)
+        console.print("model: hematocrit = mean of the set model and two models of the index features "
+                      "(analyser indices + distribution shape; flowrbc.hybrid); anemia = the set model", highlight=False)
     console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
                   "better by more than 2 SE, otherwise a tie", highlight=False)
     cal = metrics.get("calibration", {})
