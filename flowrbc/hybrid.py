@@ -130,6 +130,18 @@ def fit_stacked_mlp(Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.nda
     return net.eval()
 
 
+def index_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray,
+                   moments: tuple[np.ndarray, list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """The index features of each sample's cells split by ``offsets``: the moment features, then
+    the shape features -> ``(F (n_samples, ·), names)``. ``moments``: ``moment_features``'
+    ``(array, names)`` when the caller has them already."""
+    from flowrbc.metrics import moment_features, shape_features
+
+    F, names = moment_features(volume, hemoglobin, offsets) if moments is None else moments
+    S, shape_names = shape_features(volume, hemoglobin, offsets)
+    return np.concatenate([F, S], axis=1), list(names) + shape_names
+
+
 @dataclass
 class IndexModels:
     """The two index members of each regression target, and what they read.
@@ -148,13 +160,11 @@ class IndexModels:
                  moments: np.ndarray | None = None) -> np.ndarray:
         """The features these members read, (n_samples, F), from cells split by ``offsets``;
         ``moments`` (n_samples, ·): the moment features when the caller has them already."""
-        from flowrbc.metrics import moment_features, shape_features
-
-        if moments is None:
-            moments = moment_features(volume, hemoglobin, offsets)[0]
         if not self.shape:
-            return moments
-        return np.concatenate([moments, shape_features(volume, hemoglobin, offsets)[0]], axis=1)
+            from flowrbc.metrics import moment_features
+
+            return moment_features(volume, hemoglobin, offsets)[0] if moments is None else moments
+        return index_features(volume, hemoglobin, offsets, None if moments is None else (moments, []))[0]
 
     def mlp_inputs(self, F: np.ndarray, cov_encoded: np.ndarray) -> np.ndarray:
         Z = np.concatenate([(F - self.mean) / self.sd, cov_encoded], axis=1)  # (n, F + k)

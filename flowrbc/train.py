@@ -605,14 +605,11 @@ class _Inputs:
 
     def index_features(self):
         """(moment + shape features (n, F), names): what the index members read, computed once."""
-        import numpy as np
-
-        from flowrbc.metrics import shape_features
+        from flowrbc.hybrid import index_features
 
         if self._index_features is None:
-            F, names = self.moment_features()
-            S, shape_names = shape_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np)
-            self._index_features = np.concatenate([F, S], axis=1), names + shape_names
+            self._index_features = index_features(self.raw[:, 0], self.raw[:, 1], self.offsets_np,
+                                                  self.moment_features())
         return self._index_features
 
     def baseline_features(self):
