@@ -78,7 +78,8 @@ def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> di
     from flowrbc.train import TrainConfig, _Inputs, train_cohort
 
     cohort = _cohort(n_train, cells)
-    config = TrainConfig(model=family, epochs=epochs_for(n_train), hybrid=False, **MODELS[family])  # set models alone
+    config = TrainConfig(model=family, epochs=epochs_for(n_train), hybrid=False, index_inputs=False,
+                         **MODELS[family])  # set models alone, cells only
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     res = train_cohort(cohort, config, out_dir / f"{family.replace('+', 'p')}-{n_train}", plots=False, fresh=fresh)
     wall = time.perf_counter() - t0
@@ -113,6 +114,7 @@ class _DataView:
 
         self.roles = tuple(r for r, _ in loaded.channels)
         self.scaler, self.covariates, self.specs = loaded.scaler, loaded.covariates, loaded.targets
+        self.index_inputs = loaded.index_inputs
         self.X = torch.zeros(1)
 
 

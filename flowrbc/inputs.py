@@ -68,6 +68,17 @@ def draw_sets(X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor, cells: 
     return X[rows]  # (B, N, C)
 
 
+def decoder_inputs(cov: torch.Tensor | None, side: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """What a set model's decoder reads beside the embedding: the encoded covariates (B, k)
+    (None: all unknown, zeros) then the index inputs (B, F) (``flowrbc.hybrid.IndexInputs``;
+    None: a model without them). -> (B, k + F), or ``cov`` alone without index inputs."""
+    if side is None:
+        return cov
+    if cov is None:
+        cov = side.new_zeros(side.shape[0], k)  # (B, k): unknown
+    return torch.cat([cov.to(side.dtype), side], dim=1)  # (B, k + F)
+
+
 def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> dict[str, torch.Tensor]:
     """Model heads -> target units: regression de-standardised, classification kept as logits."""
     out = {}

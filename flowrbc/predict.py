@@ -41,13 +41,14 @@ class LoadedModel:
     device: torch.device
     covariates: Any = None  # flowrbc.covariates.CovariateEncoder; names empty: none
     index: Any = None  # flowrbc.hybrid.IndexModels (the predictor's index members); None: set model alone
+    index_inputs: Any = None  # flowrbc.hybrid.IndexInputs: the set model's decoder reads the index features
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load ``model.pt`` (safely: weights only) and rebuild its model."""
     from flowrbc.checkpoint import load_checkpoint
     from flowrbc.covariates import CovariateEncoder
-    from flowrbc.hybrid import IndexModels
+    from flowrbc.hybrid import IndexInputs, IndexModels
     from flowrbc.models import ModelConfig, build_model
 
     payload = load_checkpoint(path)
@@ -56,6 +57,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         model = build_model(config)
         model.load_state_dict(payload["state_dict"])
         index = IndexModels.from_state(payload.get("index_models"))
+        index_inputs = IndexInputs.from_state(payload.get("index_inputs"))
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first[:160]})") from None
@@ -77,6 +79,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         device=device,
         covariates=CovariateEncoder.from_dict(payload.get("covariates")),
         index=index,
+        index_inputs=index_inputs,
     )
 
 
@@ -197,7 +200,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         raise no_cells_error(path, raw, roles, names, scales)
     out = Prediction(file=str(path), n_events=int(len(raw)), cells_used=int(len(cells)), scales=dict(scales or {}))
     features = None
-    if model.moments or model.index is not None:
+    if model.moments or model.index is not None or model.index_inputs is not None:
         from flowrbc.metrics import moment_features
 
         features = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))[0]  # (1, F)
@@ -210,6 +213,16 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         if unknown:
             out.qc_flags.append("covariates_unknown")
         cov = torch.from_numpy(model.covariates.encode_raw(cov_raw[None])).to(model.device)  # (1, k)
+    one = np.array([0, len(cells)])
+    F = None if model.index is None else model.index.features(cells[:, 0], cells[:, 1], one, moments=features)  # (1, F)
+    if model.index_inputs is not None:
+        from flowrbc.hybrid import index_features
+        from flowrbc.inputs import decoder_inputs
+
+        full = F if model.index is not None and model.index.shape else index_features(
+            cells[:, 0], cells[:, 1], one, (features, []))[0]
+        side = torch.from_numpy(model.index_inputs.encode(full)).to(model.device)  # (1, F)
+        cov = decoder_inputs(cov, side, len(model.covariates.names) if model.covariates is not None else 0)
     X = torch.from_numpy(model.scaler.transform(cells)).to(model.device)  # (n, 2)
     if all_cells:
         heads = _stream_all(model, X, cov)
@@ -221,8 +234,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         heads = {k: float(v[0]) for k, v in heads.items()}
         out.draws = draws
     if model.index is not None and not unknown:
-        encoded = np.zeros((1, 0)) if cov is None else cov.cpu().numpy()
-        F = model.index.features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]), moments=features)  # (1, F)
+        encoded = model.covariates.encode_raw(cov_raw[None]) if cov_raw.size else np.zeros((1, 0))
         blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, F, cov_raw[None], encoded)
         heads = {k: float(v[0]) for k, v in blended.items()}
     out.values = _report(model, heads, coverage, covariates_unknown=unknown)

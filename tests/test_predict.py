@@ -128,7 +128,7 @@ def test_all_cells_streams_every_gated_cell_like_the_whole_set(tmp_path):
     from flowrbc.predict import decode_outputs
 
     cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
-    config = TrainConfig(**{**TINY, "model": "slot_set", "hybrid": False})  # the set model's own output
+    config = TrainConfig(**{**TINY, "model": "slot_set", "hybrid": False, "index_inputs": False})  # cells only
     result = train_cohort(cohort, config, tmp_path / "runs" / "sse", plots=False)
     model = load_model(result.run_dir / "model.pt")
     write_simulated(tmp_path / "fcs", n_patients=1, n_cells=10_000, seed=2)  # > one 4096 chunk
@@ -190,3 +190,38 @@ def test_instrument_units_are_refused_by_channel_and_predict_once_scaled(run, tm
         predict_file(model, path, overrides=mapped, scales=wrong)
     with pytest.raises(ChannelError, match="--scale platelets: unknown role"):
         predict_file(model, path, overrides=mapped, scales={"platelets": 2.0})
+
+
+def test_predict_feeds_the_index_features_to_the_set_model(tmp_path):
+    """A file's prediction is the set model decoded with [covariates, encoded index features of
+    its gated cells]; zeroing the index inputs moves it (the check has power)."""
+    import torch
+
+    from flowrbc import pp
+    from flowrbc.hybrid import index_features
+    from flowrbc.inputs import decoder_inputs, predict_sets
+
+    cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
+    result = train_cohort(cohort, TrainConfig(**{**TINY, "hybrid": False}), tmp_path / "run", plots=False)
+    model = load_model(result.run_dir / "model.pt")
+    assert model.index_inputs is not None
+    write_simulated(tmp_path / "fcs", n_patients=1, n_cells=500, seed=2)
+    path = next((tmp_path / "fcs").glob("*.fcs"))
+    got = predict_file(model, path, seed=1, draws=2).values["hematocrit"]
+
+    data = read_fcs_data(path)
+    cells = data.events[:, :2].astype(np.float64)
+    cells = cells[pp.rbc_gate(cells[:, 0], cells[:, 1])]
+    cov = torch.from_numpy(model.covariates.encode_raw(model.covariates.values(None, data.keywords)[1][None]))
+    F = index_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))[0]
+    X = torch.from_numpy(model.scaler.transform(cells))
+    offsets = torch.tensor([0, len(cells)])
+
+    def value(side):
+        inputs = decoder_inputs(cov, side, 2)
+        return float(predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells, draws=2,
+                                  seed=1, covariates=inputs)["hematocrit"][0])
+
+    side = torch.from_numpy(model.index_inputs.encode(F))
+    assert got == pytest.approx(value(side), abs=1e-5)
+    assert abs(value(torch.zeros_like(side)) - got) > 1e-3

@@ -1,5 +1,6 @@
 """Cohort training: runs, checkpoints, calibration, resume after a kill, covariates."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,8 @@ def test_covariates_enter_model_calibration_and_metrics(cohort, tmp_path):
 
     result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "cov", plots=False)
     payload = load_checkpoint(tmp_path / "cov" / "model.pt")
-    assert payload["covariates"]["names"] == ["sex", "age"] and payload["model_config"]["covariates"] == 2
+    side = len(payload["index_inputs"]["names"])  # the index features follow the covariates
+    assert payload["covariates"]["names"] == ["sex", "age"] and payload["model_config"]["covariates"] == 2 + side
     train_ages = cohort.samples["age"].to_numpy(float)[cohort.samples["split"].to_numpy() == "train"]
     assert payload["covariates"]["mean"]["age"] == pytest.approx(train_ages.mean())
     assert "halfwidth" in payload["calibration"]["hematocrit"]["covariates_unknown"]
@@ -59,7 +61,7 @@ def test_covariates_enter_model_calibration_and_metrics(cohort, tmp_path):
     assert set(result.metrics["test"]["model_covariates_unknown"]) == {"hematocrit", "anemia"}
 
     plain = train_cohort(cohort, TrainConfig(**TINY, covariates=()), tmp_path / "plain", plots=False)
-    assert load_checkpoint(tmp_path / "plain" / "model.pt")["model_config"]["covariates"] == 0
+    assert load_checkpoint(tmp_path / "plain" / "model.pt")["model_config"]["covariates"] == side
     assert "model_covariates_unknown" not in plain.metrics["test"]
     with pytest.raises(FlowrbcError, match="--covariate bmi: the cohort's sample table has no 'bmi' column"):
         train_cohort(cohort, TrainConfig(**TINY, covariates=("bmi",)), tmp_path / "bad", plots=False)
@@ -74,3 +76,26 @@ def test_covariate_dropout_hides_a_share_of_values():
     assert set(out.unique().tolist()) == {0.0, 1.0}
     assert abs(float((out == 0).float().mean()) - 0.2) < 0.02
     assert torch.equal(covariate_dropout(cov, 0.0, g), cov)
+
+
+def test_index_inputs_follow_the_covariates_and_survive_covariate_dropout(cohort, tmp_path):
+    """The decoder reads [covariates, encoded index features]; dropout hides covariates only;
+    --cells-only trains a model without them."""
+    from flowrbc.checkpoint import load_checkpoint
+    from flowrbc.hybrid import index_features
+    from flowrbc.train import _CohortData
+
+    data = _CohortData(cohort, TrainConfig(**TINY), torch.device("cpu"))
+    F, names = index_features(data.raw[:, 0], data.raw[:, 1], data.offsets_np)
+    assert data.index_inputs.names == names and data.decoder_width == 2 + len(names)
+    enc = data.side[torch.as_tensor(data.split["train"])]
+    assert enc.mean(0).abs().max() < 0.3 and enc.abs().max() <= 6.0  # standardised on train, clipped
+    idx = torch.arange(40)
+    inputs = data.decoder_inputs(idx, dropout=0.9, generator=torch.Generator().manual_seed(0))
+    assert (inputs[:, :2] == 0).float().mean() > 0.7  # covariates mostly "unknown"
+    torch.testing.assert_close(inputs[:, 2:], data.side[idx])  # index inputs always there
+    np.testing.assert_allclose(data.side[idx].numpy(), data.index_inputs.encode(F[:40]), rtol=0, atol=0)
+
+    train_cohort(cohort, TrainConfig(**TINY, index_inputs=False), tmp_path / "cells", plots=False)
+    payload = load_checkpoint(tmp_path / "cells" / "model.pt")
+    assert payload["index_inputs"] is None and payload["model_config"]["covariates"] == 2

@@ -84,6 +84,9 @@ def train(
     hybrid: Annotated[bool, typer.Option("--hybrid/--set-only", help="Hematocrit (any regression target): the set "
                                          "model averaged with two models of the index features (analyser indices + "
                                          "distribution shape; default), or the set model alone.")] = True,
+    index_inputs: Annotated[bool, typer.Option("--index-inputs/--cells-only", help="The set model's decoder also "
+                                               "reads the index features (default), or its embedding of the cells "
+                                               "and the covariates only.")] = True,
 ) -> None:
     """Train a set model; print test metrics beside the moment baseline and the bound."""
     with user_errors():
@@ -95,7 +98,7 @@ def train(
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
-                             coverage=coverage, hybrid=hybrid, **({"targets": tuple(target)} if target else {}))
+                             coverage=coverage, hybrid=hybrid, index_inputs=index_inputs, **({"targets": tuple(target)} if target else {}))
         if resume and out is None:
             out = Path("runs/latest").resolve()
         data = _load_cohort(cohort, patients, cells)
