@@ -6,9 +6,11 @@ RDW, HDW, percentiles, fractions: ``flowrbc.metrics.moment_features``) and the s
 log-scale distributions (skewness, kurtosis, tail percentiles, the volume-hemoglobin
 correlation: ``flowrbc.metrics.shape_features``), and covariates :math:`c`:
 
-.. math::  \hat y = \tfrac13\big(\hat y_{\text{set}}(X, c) + \hat y_{\text{mlp}}(f, c) + \hat y_{\text{trees}}(f, c)\big)
+.. math::  \hat y = \tfrac13\big(\hat y_{\text{set}}(X, c, f) + \hat y_{\text{mlp}}(f, c) + \hat y_{\text{trees}}(f, c)\big)
 
-- :math:`\hat y_{\text{set}}`: the trained set model (draw-averaged);
+- :math:`\hat y_{\text{set}}`: the trained set model (draw-averaged); its decoder reads the
+  encoded index features beside the embedding and the covariates (``IndexInputs``; a run with
+  ``index_inputs=False`` gives :math:`\hat y_{\text{set}}(X, c)`);
 - :math:`\hat y_{\text{mlp}}`: the mean of ``members`` small MLPs on the standardised features and
   the encoded covariates, each stopped at its best validation epoch (``StackedMLP``: the
   members train together as one batched module);

@@ -533,7 +533,8 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
 
     val_known, val_unknown = set_model(inputs, val)
     calibration = _calibrate(data, config, predictor(inputs, val, val_known))
-    metrics: dict[str, Any] = {"calibration": calibration, "predictor": "hybrid" if index else "set model"}
+    metrics: dict[str, Any] = {"calibration": calibration, "predictor": "hybrid" if index else "set model",
+                               "index_inputs": data.index_inputs is not None}
     arrays: dict[str, Any] = {}
     if has_cov:
         for name, cal in _calibrate(data, config, val_unknown).items():

@@ -146,7 +146,9 @@ def print_comparison(metrics: dict) -> None:
                       + "flowrbc.bound)", highlight=False)
     if metrics.get("predictor") == "hybrid":
         console.print("model: hematocrit = mean of the set model and two models of the index features "
-                      "(analyser indices + distribution shape; flowrbc.hybrid); anemia = the set model", highlight=False)
+                      "(analyser indices + distribution shape; flowrbc.hybrid); anemia = the set model"
+                      + (", whose decoder reads the index features too" if metrics.get("index_inputs") else ""),
+                      highlight=False)
     console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
                   "better by more than 2 SE, otherwise a tie", highlight=False)
     cal = metrics.get("calibration", {})
