@@ -50,13 +50,8 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
 
     X, offsets = _cohort_on_device(loaded, cohort)
     cov, unknown = _covariates(loaded, cohort, idx)
-    F = _index_features(loaded, cohort, idx) if loaded.index is not None or loaded.index_inputs is not None else None
-    inputs = None if cov is None else torch.from_numpy(np.asarray(cov, dtype=np.float32))
-    if loaded.index_inputs is not None:
-        from flowrbc.inputs import decoder_inputs
-
-        k = len(loaded.covariates.names) if loaded.covariates is not None else 0
-        inputs = decoder_inputs(inputs, torch.from_numpy(loaded.index_inputs.encode(F)), k)
+    F = _index_features(loaded, cohort, idx)
+    inputs = loaded.decoder_inputs(None if cov is None else torch.from_numpy(np.asarray(cov, dtype=np.float32)), F)
     raw = predict_sets(loaded.model, X, offsets, idx, loaded.targets, cells=loaded.cells, draws=DRAWS, seed=seed,
                        covariates=inputs)
     if loaded.index is not None and not unknown:
@@ -72,18 +67,16 @@ def predictions(loaded, cohort, idx: np.ndarray, seed: int = 0) -> dict[str, np.
     return out
 
 
-def _index_features(loaded, cohort, idx: np.ndarray) -> np.ndarray:
-    """The index features of samples ``idx`` (``flowrbc.hybrid.index_features``; moments only
-    for index members written before the shape features) -> (len(idx), F)."""
-    from flowrbc.hybrid import index_features
+def _index_features(loaded, cohort, idx: np.ndarray) -> np.ndarray | None:
+    """``loaded.index_features`` of samples ``idx`` -> (len(idx), F), or None."""
+    if loaded.index is None and loaded.index_inputs is None:
+        return None
     from flowrbc.train import rows_of
 
     cols = [cohort.channels.index(c) for _, c in loaded.channels]
     rows, offs = rows_of(cohort.offsets, idx)
     cells = cohort.X[rows][:, cols]
-    if loaded.index is not None and not loaded.index.shape:  # such checkpoints have no index inputs
-        return loaded.index.features(cells[:, 0], cells[:, 1], offs)
-    return index_features(cells[:, 0], cells[:, 1], offs)[0]
+    return loaded.index_features(cells[:, 0], cells[:, 1], offs)
 
 
 def _blend(loaded, cohort, idx: np.ndarray, raw: dict, cov: np.ndarray | None, F: np.ndarray) -> dict:

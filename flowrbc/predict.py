@@ -43,6 +43,29 @@ class LoadedModel:
     index: Any = None  # flowrbc.hybrid.IndexModels (the predictor's index members); None: set model alone
     index_inputs: Any = None  # flowrbc.hybrid.IndexInputs: the set model's decoder reads the index features
 
+    def index_features(self, volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray,
+                       moments: np.ndarray | None = None) -> np.ndarray | None:
+        """What the index members and the index inputs read from cells split by ``offsets``
+        (``moments``: the moment features when the caller has them) -> (n_samples, F), or None
+        for a checkpoint with neither."""
+        if self.index is None and self.index_inputs is None:
+            return None
+        if self.index is not None and not self.index.shape:  # written before the shape features: no index inputs
+            return self.index.features(volume, hemoglobin, offsets, moments)
+        from flowrbc.hybrid import index_features
+
+        return index_features(volume, hemoglobin, offsets, None if moments is None else (moments, []))[0]
+
+    def decoder_inputs(self, cov: torch.Tensor | None, F: np.ndarray | None) -> torch.Tensor | None:
+        """Encoded covariates (n, k) or None, and ``index_features`` F -> what the set model's
+        decoder reads (``flowrbc.inputs.decoder_inputs``)."""
+        if self.index_inputs is None:
+            return cov
+        from flowrbc.inputs import decoder_inputs
+
+        k = len(self.covariates.names) if self.covariates is not None else 0
+        return decoder_inputs(cov, torch.from_numpy(self.index_inputs.encode(F)).to(self.device), k)
+
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load ``model.pt`` (safely: weights only) and rebuild its model."""
@@ -213,28 +236,20 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         if unknown:
             out.qc_flags.append("covariates_unknown")
         cov = torch.from_numpy(model.covariates.encode_raw(cov_raw[None])).to(model.device)  # (1, k)
-    one = np.array([0, len(cells)])
-    F = None if model.index is None else model.index.features(cells[:, 0], cells[:, 1], one, moments=features)  # (1, F)
-    if model.index_inputs is not None:
-        from flowrbc.hybrid import index_features
-        from flowrbc.inputs import decoder_inputs
-
-        full = F if model.index is not None and model.index.shape else index_features(
-            cells[:, 0], cells[:, 1], one, (features, []))[0]
-        side = torch.from_numpy(model.index_inputs.encode(full)).to(model.device)  # (1, F)
-        cov = decoder_inputs(cov, side, len(model.covariates.names) if model.covariates is not None else 0)
+    F = model.index_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]), moments=features)  # (1, F)
+    inputs = model.decoder_inputs(cov, F)  # (1, k [+ F])
     X = torch.from_numpy(model.scaler.transform(cells)).to(model.device)  # (n, 2)
     if all_cells:
-        heads = _stream_all(model, X, cov)
+        heads = _stream_all(model, X, inputs)
         out.draws = "all"
     else:
         offsets = torch.tensor([0, len(cells)], device=model.device)
         heads = predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells,
-                             draws=draws, seed=seed, covariates=cov)
+                             draws=draws, seed=seed, covariates=inputs)
         heads = {k: float(v[0]) for k, v in heads.items()}
         out.draws = draws
     if model.index is not None and not unknown:
-        encoded = model.covariates.encode_raw(cov_raw[None]) if cov_raw.size else np.zeros((1, 0))
+        encoded = np.zeros((1, 0)) if cov is None else cov.cpu().numpy()
         blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, F, cov_raw[None], encoded)
         heads = {k: float(v[0]) for k, v in blended.items()}
     out.values = _report(model, heads, coverage, covariates_unknown=unknown)

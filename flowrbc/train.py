@@ -621,9 +621,10 @@ class _Inputs:
         rows = torch.as_tensor(idx, device=self.cov.device)
         k = self.cov.shape[1]
         side = None if self.side is None else self.side[rows]
-        cov = decoder_inputs(self.cov[rows] if k else None, side, k)
-        unknown = decoder_inputs(None, side, k)  # every covariate unknown, the index inputs kept
-        out = predict_sets_each(model, self.X, self.offsets, idx, specs, [cov, unknown] if with_unknown else [cov],
+        entries = [decoder_inputs(self.cov[rows] if k else None, side, k)]
+        if with_unknown:
+            entries.append(decoder_inputs(None, side, k))  # every covariate unknown, the index inputs kept
+        out = predict_sets_each(model, self.X, self.offsets, idx, specs, entries,
                                 cells=config.cells, draws=config.draws, seed=config.seed + 2,
                                 batch_size=config.batch_size)
         return out[0], out[1] if with_unknown else None
