@@ -200,7 +200,7 @@ class _CohortData:
             F, names = self.inputs.index_features()
             self.index_inputs = IndexInputs.fit(F, names, self.split["train"])
             self.side = torch.from_numpy(self.index_inputs.encode(F)).to(device)
-            self.inputs.side = self.side
+            self.inputs.side = self.side  # after: the encoding needs the inputs' own index features
 
     @property
     def inputs(self) -> _Inputs:
