@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from flowrbc.hybrid import IndexModels, StackedMLP, fit_stacked_mlp
+from flowrbc.hybrid import SET_WEIGHT, IndexModels, StackedMLP, fit_stacked_mlp
 from flowrbc.io.cohort import synthetic_cohort
 from flowrbc.metrics import moment_features, shape_features
 from flowrbc.predict import load_model, predict_file
@@ -39,17 +39,17 @@ def test_fit_learns_a_smooth_function_and_keeps_the_best_validation_epoch():
     assert len(set(np.round(mse, 6))) == 3  # three different members
 
 
-def test_blend_is_the_mean_of_three_predictions():
+def test_blend_weighs_the_set_model_against_the_index_members():
     index = IndexModels(["f"], np.zeros(1), np.ones(1), {})
     index.predict = lambda F, r, e: {"hematocrit": np.array([30.0, 36.0])}
     out = index.blend({"hematocrit": np.array([42.0, 39.0]), "anemia": np.array([0.3, -1.0])},
                       np.zeros((2, 1)), np.zeros((2, 0)), np.zeros((2, 0)))
-    np.testing.assert_allclose(out["hematocrit"], [(42 + 30 + 30) / 3, (39 + 36 + 36) / 3])
+    np.testing.assert_allclose(out["hematocrit"], [0.5 * 42 + 0.5 * 30, 0.5 * 39 + 0.5 * 36])
     np.testing.assert_array_equal(out["anemia"], [0.3, -1.0])  # binary targets: the set model
 
 
 def test_predict_file_applies_the_trained_blend(tmp_path):
-    """One FCS file: predict's hematocrit = (set model + MLP ensemble + trees) / 3 with the
+    """One FCS file: predict's hematocrit = w set model + (1 − w) (MLP ensemble + trees) / 2 with the
     checkpoint's own members, and differs from the set model alone."""
     from flowrbc.io.fcs import read_fcs_data
     from flowrbc import pp
@@ -74,23 +74,27 @@ def test_predict_file_applies_the_trained_blend(tmp_path):
     np.testing.assert_array_equal(F[:, : moments.shape[1]], moments)
     _, raw = model.covariates.values(None, data.keywords)
     members = index.predict(F, raw[None], model.covariates.encode_raw(raw[None]))["hematocrit"][0]
-    assert abs(blended - (alone + 2 * members) / 3) < 1e-9
+    w = index.set_weight
+    assert w == SET_WEIGHT and abs(blended - (w * alone + (1 - w) * members)) < 1e-9
     assert abs(blended - alone) > 1e-3
 
 
 def test_checkpoint_round_trip_keeps_what_the_members_read(tmp_path):
-    """The members' state says whether they read the shape features; a state written before
-    them (no "shape" key) reads the moment features alone."""
+    """The members' state says whether they read the shape features and the set model's weight;
+    a state written before them (no "shape" / "set_weight" key) reads the moment features
+    alone and weighs the three members equally."""
     cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
     result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "run", plots=False)
     state = load_model(result.run_dir / "model.pt").index.to_state()
     again = IndexModels.from_state(state)
-    assert again.shape and len(again.feature_names) == len(again.mean)
+    assert again.shape and len(again.feature_names) == len(again.mean) and again.set_weight == SET_WEIGHT
     rng = np.random.default_rng(0)
     v, h = rng.lognormal(4.4, 0.13, 300), rng.lognormal(3.4, 0.15, 300)
     offsets = np.array([0, 120, 300])
     moments, _ = moment_features(v, h, offsets)
     assert again.features(v, h, offsets).shape == (2, len(again.feature_names))
     state.pop("shape")
+    state.pop("set_weight")
     old = IndexModels.from_state(state)
     np.testing.assert_array_equal(old.features(v, h, offsets), moments)
+    assert old.set_weight == 1 / 3
