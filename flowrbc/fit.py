@@ -1,7 +1,8 @@
 """The training loop of the project: ``fit`` (used by cohort training and the validation tasks).
 
 ``fit`` follows the papers' defaults: Adam (lr 1e-3, weight decay 5e-4), learning rate
-×0.1 at 20/60/80 % of the epochs, bf16 autocast on CUDA only, the validation score checked
+×0.1 at 20/60/80 % of the epochs, bf16 autocast where the hardware multiplies bf16 matrices
+(``autocast_for``), the validation score checked
 once per epoch under ``torch.no_grad()`` and the best weights kept.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 import time
@@ -39,7 +41,7 @@ class FitConfig:
     gamma: float = 0.1
     grad_clip: float | None = None  # max global grad norm; None = no clipping
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, used on CUDA only (CPU bf16 is slower here)
+    amp: bool = True  # bf16 autocast where it pays (``autocast_for``); False: float32 throughout
     seed: int = 0
 
 
@@ -107,11 +109,44 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, amp: bool = True):
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if amp and device.type == "cuda":
+CPU_BF16_MIN_WIDTH = 128  # narrower models: bf16 gains nothing on a CPU step (measured below)
+
+
+@functools.cache
+def cpu_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Linux flag
+    ``amx_bf16``; Intel Xeon from Sapphire Rapids on). There, one core multiplies
+    (64,000 x 128) @ (128 x 128) in bf16 at 235 GFLOP/s against 49 in float32 (measured)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def autocast_for(device: torch.device, amp: bool = True, width: int | None = None):
+    """bf16 autocast on CUDA, and on a CPU with bf16 matrix units (``cpu_bf16_matmul``) for a
+    model of hidden size ``width`` >= ``CPU_BF16_MIN_WIDTH``; nothing elsewhere.
+
+    Measured on such a CPU (one thread, training steps, B 64, N 1,000): Deep Sets++ 25 blocks
+    at width 128 1.4x faster in bf16, Set Transformer++ 8 blocks 1.4x (with the explicit
+    attention of ``MultiHead``); the default Deep Sets++ 3 blocks at width 64 (B 16, N 250) a
+    tie (448 vs 459 sets/s). Norm statistics stay in float32 (``flowrbc.models.norms``)."""
+    if not amp:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and width is not None and width >= CPU_BF16_MIN_WIDTH and cpu_bf16_matmul():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def model_width(model: torch.nn.Module) -> int | None:
+    """The hidden size of a set model (its ``config.width``); None for other modules."""
+    return getattr(getattr(_unwrap(model), "config", None), "width", None)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -191,6 +226,7 @@ def fit(
         start = int(resume["epoch"])
 
     steps = config.steps_per_epoch
+    width = model_width(model)
     for epoch in range(start, config.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -199,7 +235,7 @@ def fit(
             batches = itertools.islice(batches, steps)
         total, n = 0.0, 0
         for step, batch in enumerate(batches, start=1):
-            with autocast_for(device, config.amp):
+            with autocast_for(device, config.amp, width):
                 loss = loss_fn(model, batch)
             if not _all_finite(loss):
                 base.load_state_dict(result.best_state)
@@ -224,7 +260,7 @@ def fit(
         metrics: dict[str, float] = {}
         if evaluate is not None:
             model.eval()
-            with torch.no_grad(), autocast_for(device, config.amp):
+            with torch.no_grad(), autocast_for(device, config.amp, width):
                 metrics = {k: float(v) for k, v in evaluate(base).items()}
             score = _score(metrics)
         else:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flowrbc.fit import autocast_for, model_width
+
 DRAWS = 10  # resampled cell subsets averaged per sample at prediction and test time
 LOG_FLOOR = 1e-3  # log(max(x, floor)): volumes/contents are positive; guards zeros
 
@@ -110,6 +112,7 @@ def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
     """``predict_sets`` for each entry of ``covariates`` (e.g. ``[known, None]``) from the same
     draws: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
     model.eval()
+    width = model_width(model)
     generator = torch.Generator(device=X.device)
     generator.manual_seed(seed)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
@@ -119,7 +122,7 @@ def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
         for lo in range(0, len(idx_t), batch_size):
             batch = idx_t[lo : lo + batch_size]
             x = draw_sets(X, offsets, batch, cells, generator)  # (B, cells, C)
-            with _autocast(X.device):
+            with autocast_for(X.device, True, width):
                 z = model.embed(x)  # (B, D)
                 for cov, acc in zip(covs, sums):
                     decoded = decode_outputs(model.decode(z, None if cov is None else cov[lo : lo + batch_size]),
@@ -127,14 +130,6 @@ def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
                     for name, value in decoded.items():
                         acc[name][lo : lo + batch_size] += value
     return [{name: (s / draws).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -145,6 +140,7 @@ def predict_all_cells(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
     (padding never changes a result), so a mini-batch-consistent model gives exactly what
     streaming its cells would. Same outputs as ``predict_sets``. -> (len(idx),)"""
     model.eval()
+    width = model_width(model)
     idx = np.asarray(idx)
     off = offsets.cpu().numpy()
     cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32).to(X.device)
@@ -157,7 +153,7 @@ def predict_all_cells(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
         mask = pos[None, :] < n_t[:, None]  # (B, N)
         rows = torch.as_tensor(off[batch], device=X.device)[:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)
         extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
-        with _autocast(X.device):
+        with autocast_for(X.device, True, width):
             decoded = decode_outputs(model(X[rows], mask=mask, **extra), targets)  # X[rows]: (B, N, C)
         for name, value in decoded.items():
             out[name].append(value)

@@ -112,3 +112,15 @@ def test_resolve_device():
     assert resolve_device("auto").type in {"cpu", "cuda"}
     with pytest.raises(FlowrbcError, match="--device 'nonsense'"):
         resolve_device("nonsense")
+
+
+def test_autocast_rule_cpu_bf16_only_for_wide_models_on_bf16_hardware(monkeypatch):
+    import flowrbc.fit as fitmod
+
+    cpu = torch.device("cpu")
+    for hardware in (True, False):
+        monkeypatch.setattr(fitmod, "cpu_bf16_matmul", lambda: hardware)
+        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH):
+            assert torch.is_autocast_enabled("cpu") == hardware
+        with fitmod.autocast_for(cpu, True, 64), fitmod.autocast_for(cpu, False, 256), fitmod.autocast_for(cpu):
+            assert not torch.is_autocast_enabled("cpu")
