@@ -4,7 +4,7 @@ r"""Speed harness: flowrbc's set models against the papers'-style eager baseline
     python3 benchmarks/speed.py --models deepsets++-25 set_transformer++-8 --sizes 1000 --json out.json
     python3 benchmarks/speed.py --scaling --json scaling.json      # inference vs set size, to 10^6
     python3 benchmarks/speed.py --toy --json toy.json              # seconds: what CI runs
-    python3 benchmarks/speed.py --device cuda                      # on a GPU (bf16 autocast for flowrbc)
+    python3 benchmarks/speed.py --device cuda                      # on a GPU (flowrbc: bf16 autocast, as in training)
 
 Grid mode: for every model and set size N, training sets/s (forward + backward + Adam, batches
 drawn from a cohort-like cell matrix), inference sets/s and peak memory, for flowrbc and for
@@ -200,12 +200,13 @@ def _batches(spec: dict, device):
 
 
 def _autocast(spec: dict, device):
+    """flowrbc's own precision rule (``flowrbc.fit.autocast_for``); the baseline is float32."""
     import contextlib
 
-    import torch
+    if spec["impl"] == "flowrbc":
+        from flowrbc.fit import autocast_for
 
-    if device.type == "cuda" and spec["impl"] == "flowrbc":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return autocast_for(device, True, spec["width"])
     return contextlib.nullcontext()
 
 

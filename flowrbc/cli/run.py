@@ -145,7 +145,7 @@ def print_comparison(metrics: dict) -> None:
                       + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
                       + "flowrbc.bound)", highlight=False)
     if metrics.get("predictor") == "hybrid":
-        console.print("model: hematocrit = mean of the set model and two models of the index features "
+        console.print("model: hematocrit = half the set model, half the mean of two models of the index features "
                       "(analyser indices + distribution shape; flowrbc.hybrid); anemia = the set model"
                       + (", whose decoder reads the index features too" if metrics.get("index_inputs") else ""),
                       highlight=False)
