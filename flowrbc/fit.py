@@ -2,8 +2,9 @@
 
 ``fit`` follows the papers' defaults: Adam (lr 1e-3, weight decay 5e-4), learning rate
 ×0.1 at 20/60/80 % of the epochs, bf16 autocast where the hardware multiplies bf16 matrices
-(``autocast_for``), the validation score checked
-once per epoch under ``torch.no_grad()`` and the best weights kept.
+(``autocast_for``), the validation score checked once per epoch under ``torch.no_grad()``
+and the best weights kept. ``autocast_for`` also serves prediction (``flowrbc.inputs``), so
+a model predicts in the precision it was trained in.
 """
 
 from __future__ import annotations
