@@ -199,14 +199,14 @@ def _batches(spec: dict, device):
         yield draw_sets(X, offs, idx, n, g)
 
 
-def _autocast(spec: dict, device):
+def _autocast(spec: dict, device, train: bool):
     """flowrbc's own precision rule (``flowrbc.fit.autocast_for``); the baseline is float32."""
     import contextlib
 
     if spec["impl"] == "flowrbc":
         from flowrbc.fit import autocast_for
 
-        return autocast_for(device, True, spec["width"])
+        return autocast_for(device, True, spec["width"], train)
     return contextlib.nullcontext()
 
 
@@ -241,7 +241,7 @@ def run_grid_child(spec: dict) -> dict:
 
     def train_step():
         x = next(batches)
-        with _autocast(spec, device):
+        with _autocast(spec, device, True):
             loss = (_head(model(x)).float() - y).pow(2).mean()
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,7 +249,7 @@ def run_grid_child(spec: dict) -> dict:
 
     def infer_step():
         x = next(batches)
-        with torch.no_grad(), _autocast(spec, device):
+        with torch.no_grad(), _autocast(spec, device, False):
             _head(model(x))
 
     if device.type == "cuda":
@@ -280,7 +280,7 @@ def run_scaling_child(spec: dict) -> dict:
     x = torch.randn(1, n, 2, device=device)  # the file's events, before the baseline RSS
 
     def infer():
-        with torch.no_grad(), _autocast(base, device):
+        with torch.no_grad(), _autocast(base, device, False):
             if stream:
                 state = model.init_state(1)
                 for lo in range(0, n, chunk):

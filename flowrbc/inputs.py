@@ -13,7 +13,10 @@ import torch
 
 from flowrbc.fit import autocast_for, model_width
 
-DRAWS = 10  # resampled cell subsets averaged per sample at prediction and test time
+DRAWS = 10  # most cell subsets averaged per sample at prediction and test time (``prediction_sets``)
+SHUFFLE_KEYS = 1 << 22  # random keys per shuffle chunk (``shuffle_prefix``): 16 MiB, then a sort
+PREDICT_ELEMENTS = 1 << 16  # cells per inference batch (262 sets of 250): batches of 16 sets ran
+# the default model at 1,640 sets/s on one thread, of 256 at 1,860 (fp32), of 1,024 at 2,050 (two threads, vs 2,950)
 LOG_FLOOR = 1e-3  # log(max(x, floor)): volumes/contents are positive; guards zeros
 
 
@@ -70,6 +73,59 @@ def draw_sets(X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor, cells: 
     return X[rows]  # (B, N, C)
 
 
+def sets_per_sample(n: torch.Tensor | np.ndarray | int, cells: int, draws: int = DRAWS):
+    """How many sets prediction averages for a sample of ``n`` cells: ⌈n / cells⌉, at least 1,
+    at most ``draws`` (``prediction_sets``)."""
+    if isinstance(n, torch.Tensor):
+        return torch.clamp(torch.div(n + cells - 1, cells, rounding_mode="floor"), 1, draws)
+    return np.clip((np.asarray(n) + cells - 1) // cells, 1, draws)
+
+
+def shuffle_prefix(n: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """The first ``min(n_s, length)`` positions of a uniform random shuffle of range(n_s) for
+    each sample: the ``length`` smallest of n_s random keys. n (B,) -> (B, min(max n, length))
+    int64, a sample's columns past n_s padding (values >= n_s). Chunks of samples keep
+    the keys within ``SHUFFLE_KEYS``."""
+    n_max = int(n.max())
+    width = min(n_max, length)
+    rows = max(1, SHUFFLE_KEYS // n_max)
+    out = []
+    for lo in range(0, len(n), rows):
+        nb = n[lo : lo + rows]
+        keys = torch.rand(len(nb), n_max, generator=generator, device=n.device)  # (b, n_max)
+        keys.masked_fill_(torch.arange(n_max, device=n.device)[None, :] >= nb[:, None], 2.0)  # padding last
+        out.append(torch.topk(keys, width, dim=1, largest=False, sorted=True).indices)  # (b, width)
+    return torch.cat(out)
+
+
+def prediction_sets(offsets: torch.Tensor, idx: torch.Tensor, cells: int, draws: int, generator: torch.Generator):
+    """The sets that prediction averages for samples ``idx`` (B,): sample s (n_s cells) gives
+    k_s = ``sets_per_sample`` sets of ``cells`` cells, consecutive blocks of one uniform shuffle
+    of its cells, wrapping around at the end. No cell is used twice before every cell is used
+    once: a sample of 4 x 250 cells gives 4 disjoint sets covering it, one of 20,000 cells 10
+    disjoint sets, one of 100 cells a single set with each cell 2 or 3 times.
+
+    Measured against 10 sets drawn with replacement (the default Deep Sets++, 5,000 fresh
+    patients of about 1,000 cells, two experiment cohorts): hematocrit MSE -0.089 +- 0.028 and
+    -0.031 +- 0.033 with 2.5x fewer sets, about as close to the average of 40 such sets as 40
+    is (RMS 0.14 / 0.18 against 0.27 / 0.31 %-points for the 10).
+    -> (k (B,), iterator over r < max k of (live (L,): positions in idx of the samples with an
+    r-th set, rows (L, cells): their cells' rows of X))."""
+    start = offsets[idx]  # (B,)
+    n = offsets[idx + 1] - start  # (B,)
+    k = sets_per_sample(n, cells, draws)  # (B,)
+    perm = shuffle_prefix(n, draws * cells, generator)  # (B, P)
+    step = torch.arange(cells, device=offsets.device)  # (N,)
+
+    def sets():
+        for r in range(int(k.max())):
+            live = torch.nonzero(k > r).squeeze(1)  # (L,)
+            pos = (r * cells + step)[None, :] % n[live, None]  # (L, N): < min(n, draws * cells)
+            yield live, start[live, None] + perm[live].gather(1, pos)  # (L,), (L, N)
+
+    return k, sets()
+
+
 def decoder_inputs(cov: torch.Tensor | None, side: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """What a set model's decoder reads beside the embedding: the encoded covariates (B, k)
     (None: all unknown, zeros) then the index inputs (B, F) (``flowrbc.hybrid.IndexInputs``;
@@ -95,12 +151,15 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
 @torch.no_grad()
 def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                  targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
-                 batch_size: int = 64, covariates: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Average over ``draws`` resampled sets per sample: regression values in target units,
-    classification logits (averaging logits, then calibrating, keeps one scale). -> (len(idx),)
+                 batch_size: int | None = None, covariates: torch.Tensor | np.ndarray | None = None,
+                 ) -> dict[str, np.ndarray]:
+    """Average over each sample's ``prediction_sets`` (at most ``draws``): regression values in
+    target units, classification logits (averaging logits, then calibrating, keeps one scale).
+    -> (len(idx),)
 
     ``covariates`` (len(idx), k): encoded per-sample covariates, row i for sample idx[i]
-    (None: unknown, or a model without covariates)."""
+    (None: unknown, or a model without covariates). ``batch_size``: samples per shuffle and
+    sets per forward pass (None: ``PREDICT_ELEMENTS // cells``)."""
     return predict_sets_each(model, X, offsets, idx, targets, [covariates], cells=cells, draws=draws, seed=seed,
                              batch_size=batch_size)[0]
 
@@ -108,28 +167,30 @@ def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor,
 @torch.no_grad()
 def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                       targets: dict[str, dict], covariates: list, *, cells: int, draws: int = DRAWS, seed: int = 0,
-                      batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+                      batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
     """``predict_sets`` for each entry of ``covariates`` (e.g. ``[known, None]``) from the same
-    draws: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
+    sets: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
     model.eval()
     width = model_width(model)
+    batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
     generator = torch.Generator(device=X.device)
     generator.manual_seed(seed)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
     covs = [None if c is None else torch.as_tensor(c, dtype=torch.float32).to(X.device) for c in covariates]
     sums = [{name: torch.zeros(len(idx_t), device=X.device) for name in targets} for _ in covs]
-    for _ in range(draws):
-        for lo in range(0, len(idx_t), batch_size):
-            batch = idx_t[lo : lo + batch_size]
-            x = draw_sets(X, offsets, batch, cells, generator)  # (B, cells, C)
-            with autocast_for(X.device, True, width):
-                z = model.embed(x)  # (B, D)
+    counts = torch.zeros(len(idx_t), device=X.device)
+    for lo in range(0, len(idx_t), batch_size):
+        k, sets = prediction_sets(offsets, idx_t[lo : lo + batch_size], cells, draws, generator)
+        counts[lo : lo + len(k)] = k.to(counts.dtype)
+        for live, rows in sets:
+            at = lo + live  # (L,) positions in idx
+            with autocast_for(X.device, True, width, train=False):
+                z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
                 for cov, acc in zip(covs, sums):
-                    decoded = decode_outputs(model.decode(z, None if cov is None else cov[lo : lo + batch_size]),
-                                             targets)
+                    decoded = decode_outputs(model.decode(z, None if cov is None else cov[at]), targets)
                     for name, value in decoded.items():
-                        acc[name][lo : lo + batch_size] += value
-    return [{name: (s / draws).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
+                        acc[name].index_add_(0, at, value)
+    return [{name: (s / counts).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
 
 
 @torch.no_grad()
@@ -153,7 +214,7 @@ def predict_all_cells(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
         mask = pos[None, :] < n_t[:, None]  # (B, N)
         rows = torch.as_tensor(off[batch], device=X.device)[:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)
         extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
-        with autocast_for(X.device, True, width):
+        with autocast_for(X.device, True, width, train=False):
             decoded = decode_outputs(model(X[rows], mask=mask, **extra), targets)  # X[rows]: (B, N, C)
         for name, value in decoded.items():
             out[name].append(value)

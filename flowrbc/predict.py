@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from flowrbc.errors import ChannelError, CheckpointError, FlowrbcError
-from flowrbc.inputs import DRAWS, FeatureScaler, decode_outputs, draw_sets, predict_sets  # noqa: F401 (shared)
+from flowrbc.inputs import (DRAWS, FeatureScaler, decode_outputs, draw_sets,  # noqa: F401 (shared)
+                            predict_sets, sets_per_sample)
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -247,7 +248,7 @@ def predict_file(model: LoadedModel, path: str | os.PathLike, *, overrides: dict
         heads = predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells,
                              draws=draws, seed=seed, covariates=inputs)
         heads = {k: float(v[0]) for k, v in heads.items()}
-        out.draws = draws
+        out.draws = int(sets_per_sample(len(cells), model.cells, draws))
     if model.index is not None and not unknown:
         encoded = np.zeros((1, 0)) if cov is None else cov.cpu().numpy()
         blended = model.index.blend({k: np.array([v]) for k, v in heads.items()}, F, cov_raw[None], encoded)

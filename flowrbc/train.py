@@ -50,7 +50,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     coverage: float = 0.9  # nominal coverage of the hematocrit interval
-    draws: int = 10  # resampled sets averaged per sample at test/prediction time
+    draws: int = 10  # most sets averaged per sample at test/prediction time (disjoint: flowrbc.inputs.prediction_sets)
     val_draws: int = 1  # fixed draws per validation sample for checkpoint selection
     hybrid: bool = True  # regression targets: the set model averaged with two index models
     # (flowrbc.hybrid); fresh hematocrit MSE 9.23 vs 10.00 for the set model alone (seed 779 cohort)
@@ -625,8 +625,7 @@ class _Inputs:
         if with_unknown:
             entries.append(decoder_inputs(None, side, k))  # every covariate unknown, the index inputs kept
         out = predict_sets_each(model, self.X, self.offsets, idx, specs, entries,
-                                cells=config.cells, draws=config.draws, seed=config.seed + 2,
-                                batch_size=config.batch_size)
+                                cells=config.cells, draws=config.draws, seed=config.seed + 2)
         return out[0], out[1] if with_unknown else None
 
     def moment_features(self):

@@ -122,5 +122,9 @@ def test_autocast_rule_cpu_bf16_only_for_wide_models_on_bf16_hardware(monkeypatc
         monkeypatch.setattr(fitmod, "cpu_bf16_matmul", lambda: hardware)
         with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH):
             assert torch.is_autocast_enabled("cpu") == hardware
+        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH_INFER, train=False):
+            assert torch.is_autocast_enabled("cpu") == hardware
         with fitmod.autocast_for(cpu, True, 64), fitmod.autocast_for(cpu, False, 256), fitmod.autocast_for(cpu):
+            assert not torch.is_autocast_enabled("cpu")
+        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH_INFER // 2, train=False):
             assert not torch.is_autocast_enabled("cpu")

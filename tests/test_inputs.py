@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from flowrbc.inputs import draw_sets, predict_all_cells, predict_sets
+from flowrbc.inputs import draw_sets, predict_all_cells, prediction_sets, predict_sets, sets_per_sample, shuffle_prefix
 from flowrbc.models import ModelConfig, build_model
 
 TARGETS = {"hematocrit": {"kind": "regression", "mean": 40.0, "std": 4.0}, "anemia": {"kind": "binary"}}
@@ -48,13 +48,46 @@ def test_slot_set_all_cells_equals_streaming_its_cells_in_chunks():
 
 
 def test_draws_come_from_their_own_sample_and_average():
-    X, offsets = _ragged([4, 6])
-    X[:4] += 100.0  # sample 0's cells are far from sample 1's
+    X, offsets = _ragged([40, 6])
+    X[:40] += 100.0  # sample 0's cells are far from sample 1's
     g = torch.Generator().manual_seed(1)
     sets = draw_sets(X, offsets, torch.tensor([0, 1]), 50, g)  # (2, 50, 2)
     assert (sets[0] > 50).all() and (sets[1] < 50).all()
     model = _model("deepsets++")
     one = predict_sets(model, X, offsets, np.arange(2), TARGETS, cells=8, draws=1, seed=3)
-    many = predict_sets(model, X, offsets, np.arange(2), TARGETS, cells=8, draws=6, seed=3)
+    many = predict_sets(model, X, offsets, np.arange(2), TARGETS, cells=8, draws=5, seed=3)
     assert one["hematocrit"].shape == many["hematocrit"].shape == (2,)
-    assert not np.allclose(one["hematocrit"], many["hematocrit"])  # more draws: another average
+    assert not np.isclose(one["hematocrit"][0], many["hematocrit"][0])  # 40 cells: 5 sets of 8, another average
+    assert np.isclose(one["hematocrit"][1], many["hematocrit"][1], atol=1e-5)  # 6 cells: one set either way
+
+
+def test_prediction_sets_cover_each_sample_before_reusing_a_cell():
+    counts = [100, 10, 2000, 101]
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(counts)]))
+    k, sets = prediction_sets(offsets, torch.arange(4), 25, 10, torch.Generator().manual_seed(0))
+    assert k.tolist() == [4, 1, 10, 5] == sets_per_sample(np.array(counts), 25, 10).tolist()
+    used = [[] for _ in counts]
+    for live, rows in sets:
+        assert rows.shape == (len(live), 25)
+        for j, r in zip(live.tolist(), rows):
+            assert ((r >= offsets[j]) & (r < offsets[j + 1])).all()  # its own cells only
+            used[j].append(r.tolist())
+    uses = [np.bincount(np.concatenate(u) - int(offsets[j]), minlength=counts[j]) for j, u in enumerate(used)]
+    assert (uses[0] == 1).all()  # 4 disjoint sets covering all 100 cells
+    assert set(uses[1].tolist()) <= {2, 3} and uses[1].sum() == 25  # 10 cells in one set of 25
+    assert (uses[2] <= 1).all() and uses[2].sum() == 250  # 10 disjoint sets of 2,000 cells
+    assert (uses[3] >= 1).all() and (uses[3] <= 2).all()  # 101 cells in 5 sets: all used, none thrice
+
+
+def test_shuffle_prefix_is_uniform(monkeypatch):
+    import flowrbc.inputs as inputs
+
+    monkeypatch.setattr(inputs, "SHUFFLE_KEYS", 4096)  # several chunks
+    n = torch.tensor([5] * 20_000 + [3] * 20_000)
+    perm = shuffle_prefix(n, 4, torch.Generator().manual_seed(0))  # (40000, 4)
+    assert perm.shape == (40_000, 4)
+    first5 = np.bincount(perm[:20_000, 0].numpy(), minlength=5) / 20_000
+    assert np.abs(first5 - 0.2).max() < 0.015  # each cell first with probability 1/5
+    three = perm[20_000:, :3].sort(dim=1).values
+    assert (three == torch.arange(3)).all()  # a shuffle of range(3), then padding
+    assert (perm[20_000:, 3] >= 3).all()

@@ -49,7 +49,7 @@ def _column(samples, name: str, idx: np.ndarray) -> np.ndarray | None:
 def _values(loaded, cohort, idx: np.ndarray, seed: int) -> list[dict]:
     """Per-sample records in the layout of ``Prediction.to_dict()``."""
     from flowrbc.embed import predictions
-    from flowrbc.predict import DRAWS
+    from flowrbc.predict import DRAWS, sets_per_sample
 
     pred = predictions(loaded, cohort, idx, seed)
     enc = loaded.covariates
@@ -73,7 +73,8 @@ def _values(loaded, cohort, idx: np.ndarray, seed: int) -> list[dict]:
         for name in ("sex", "age"):
             if name in samples.columns:
                 r[name] = s[name] if name == "sex" else float(s[name])
-        r.update(n_events=int(s.get("n_events", n_cells[j])), cells_used=int(n_cells[j]), draws=DRAWS,
+        r.update(n_events=int(s.get("n_events", n_cells[j])), cells_used=int(n_cells[j]),
+                 draws=int(sets_per_sample(n_cells[j], loaded.cells, DRAWS)),
                  qc_flags=[c.removeprefix("flag_") for c in flags if bool(s[c])], error=None)
         rows.append(r)
     return rows
