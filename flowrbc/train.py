@@ -522,16 +522,23 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
     val, test = data.split["val"], data.split["test"]
     has_cov = len(data.covariates.names) > 0
     inputs = data.inputs
-    baseline = _fit_baseline(data, inputs, config)
-    index = _fit_index(data, inputs, config) if config.hybrid else None
+    scored = [("test", inputs, test, cohort.samples)] if len(test) else []
+    if fresh is not None:
+        ext = _Inputs.external(data, fresh)
+        scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
+    for src in {id(src): src for _, src, _, _ in scored + [("val", inputs, val, None)]}.values():
+        src.index_features()  # computed once, before the two threads below read them
+    fits = _Background(lambda: _fit_index(data, inputs, config) if config.hybrid else None)
+    with fits:  # the index members train on one core while the set model predicts, then the baseline fits
+        val_known, val_unknown = inputs.predict(model, val, data.specs, config, with_unknown=has_cov)
+        known = {key: src.predict(model, idx, data.specs, config, with_unknown=has_cov and key == "test")
+                 for key, src, idx, _ in scored}  # fresh: covariates known only
+        baseline = _fit_baseline(data, inputs, config)
+    index = fits.result()
 
-    def set_model(src: _Inputs, idx, unknown: bool = has_cov):  # (known, unknown or None): one encoder pass
-        return src.predict(model, idx, data.specs, config, with_unknown=unknown)
+    def predictor(src: _Inputs, idx, pred: dict) -> dict:
+        return pred if index is None else src.blend(index, idx, pred)
 
-    def predictor(src: _Inputs, idx, known: dict) -> dict:
-        return known if index is None else src.blend(index, idx, known)
-
-    val_known, val_unknown = set_model(inputs, val)
     calibration = _calibrate(data, config, predictor(inputs, val, val_known))
     metrics: dict[str, Any] = {"calibration": calibration, "predictor": "hybrid" if index else "set model",
                                "index_inputs": data.index_inputs is not None}
@@ -539,13 +546,9 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
     if has_cov:
         for name, cal in _calibrate(data, config, val_unknown).items():
             calibration[name]["covariates_unknown"] = cal
-    scored = [("test", inputs, test, cohort.samples)] if len(test) else []
-    if fresh is not None:
-        ext = _Inputs.external(data, fresh)
-        scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
     for key, src, idx, samples in scored:
-        known, unknown = set_model(src, idx, unknown=has_cov and key == "test")  # fresh: covariates known only
-        metrics[key] = _score(data, config, calibration, src, idx, predictor(src, idx, known), baseline, samples)
+        pred, unknown = known[key]
+        metrics[key] = _score(data, config, calibration, src, idx, predictor(src, idx, pred), baseline, samples)
         if key == "test":
             arrays = metrics[key].pop("_arrays")
         else:
@@ -554,12 +557,36 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
             if reference is not None:
                 metrics[key]["reference"] = _against_reference(data, config, scored_fresh, src.truth, reference())
         if index is not None:
-            alone = _score(data, config, calibration, src, idx, known, baseline, None)
+            alone = _score(data, config, calibration, src, idx, pred, baseline, None)
             metrics[key]["set_model"] = {"model": alone["model"], "paired": alone["paired"]}
-        if has_cov and key == "test":
+        if unknown is not None:
             unknown = _score(data, config, calibration, src, idx, unknown, None, None, covariates_unknown=True)
             metrics[key]["model_covariates_unknown"] = unknown["model"]
     return metrics, calibration, arrays, index
+
+
+class _Background:
+    """``fn()`` on a worker thread from entering the ``with`` block; ``result()`` waits for it
+    and re-raises its error. torch and scikit-learn release the GIL in their kernels, so on a
+    CPU the work overlaps what the main thread computes (each at ``TrainConfig.threads``)."""
+
+    def __init__(self, fn):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrbc-fit")
+        self._fn = fn
+        self._future = None
+
+    def __enter__(self):
+        self._future = self._pool.submit(self._fn)
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True)  # also when the main thread failed: nothing left running
+        return False
+
+    def result(self):
+        return self._future.result()
 
 
 def _fit_index(data: _CohortData, inputs: _Inputs, config: TrainConfig):
