@@ -4,7 +4,7 @@ r"""Speed harness: flowrbc's set models against the papers'-style eager baseline
     python3 benchmarks/speed.py --models deepsets++-25 set_transformer++-8 --sizes 1000 --json out.json
     python3 benchmarks/speed.py --scaling --json scaling.json      # inference vs set size, to 10^6
     python3 benchmarks/speed.py --toy --json toy.json              # seconds: what CI runs
-    python3 benchmarks/speed.py --device cuda                      # on a GPU (flowrbc: bf16 autocast, as in training)
+    python3 benchmarks/speed.py --device cuda                      # on a GPU (flowrbc: bf16 autocast, its own rule)
 
 Grid mode: for every model and set size N, training sets/s (forward + backward + Adam, batches
 drawn from a cohort-like cell matrix), inference sets/s and peak memory, for flowrbc and for
@@ -21,7 +21,8 @@ samples each child's resident set and stops it beyond ``--mem-limit`` (reported,
 
 Roofline: the matrix-product FLOPs of one set (``torch.utils.flop_counter``, counted on tiny
 sets and extended exactly: they are a polynomial of degree <= 2 in N) divided by the matmul
-rate measured in the same child just after its timed steps; ``efficiency`` = measured /
+rate measured in the same child just after its timed steps, under the model's own precision
+(bf16 where ``flowrbc.fit.autocast_for`` turns it on); ``efficiency`` = measured /
 roofline. Figures are wall-clock: the load average is recorded before and after each child.
 """
 
@@ -109,20 +110,22 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _matmul_rate(device, rows: int, dim: int) -> float:
-    """fp32 FLOP/s of a (rows, D) x (D, D) product, the shape of the models' linear layers."""
+def _matmul_rate(device, rows: int, dim: int, precision) -> float:
+    """FLOP/s of a (rows, D) x (D, D) product, the shape of the models' linear layers, under
+    ``precision()`` (the autocast context the model ran in: bf16 where flowrbc uses it)."""
     import torch
 
     a = torch.randn(rows, dim, device=device)
     w = torch.randn(dim, dim, device=device)
-    for _ in range(2):
-        a @ w
-    _sync(device)
-    reps, t = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - t < 0.3:
-        a @ w
-        reps += 1
-    _sync(device)
+    with precision():
+        for _ in range(2):
+            a @ w
+        _sync(device)
+        reps, t = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - t < 0.3:
+            a @ w
+            reps += 1
+        _sync(device)
     return 2.0 * rows * dim * dim * reps / (time.perf_counter() - t)
 
 
@@ -257,7 +260,8 @@ def run_grid_child(spec: dict) -> dict:
     before = _reset_peak()
     seconds = _timed_steps(train_step if train else infer_step, spec["steps"], device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_bytes() - before
-    rate = _matmul_rate(device, min(spec["batch"] * spec["n"], 1 << 16), spec["width"])  # after the peak
+    rate = _matmul_rate(device, min(spec["batch"] * spec["n"], 1 << 16), spec["width"],  # after the peak
+                        lambda: _autocast(spec, device, train))
     roofline = rate / flops
     return {"sets_per_s": spec["batch"] / seconds, "step_s": seconds, "peak_gib": peak / GIB,
             "flops_per_set": flops, "matmul_flop_s": rate, "roofline_sets_per_s": roofline,
@@ -297,7 +301,7 @@ def run_scaling_child(spec: dict) -> dict:
     infer()  # once more, for the peak alone
     _sync(device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_bytes() - before
-    rate = _matmul_rate(device, min(n, 1 << 16), spec["width"])
+    rate = _matmul_rate(device, min(n, 1 << 16), spec["width"], lambda: _autocast(base, device, False))
     return {"seconds": seconds, "cells_per_s": n / seconds, "peak_gib": peak / GIB, "flops_per_set": flops,
             "matmul_flop_s": rate, "roofline_s": flops / rate, "efficiency": flops / rate / seconds}
 
