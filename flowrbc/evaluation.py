@@ -5,9 +5,19 @@ per-patient differences, not the root sum of the two SEs: with ``d_i = l_a(i) �
 
     diff = mean(d),    SE = sd(d) / sqrt(n)
 
-(a paired t). For AUROC, which is not a mean of per-patient terms, the SE comes from a
-paired bootstrap: both predictors are re-scored on the same resampled patients. A
-difference within 2 SE is a tie, whatever its sign. numpy only.
+(a paired t). AUROC is not a mean of per-patient terms, but it is the mean of each positive's
+placement (DeLong, DeLong & Clarke-Pearson 1988): with m positives, n negatives and
+:math:`\psi(x, y) = [x > y] + \tfrac12 [x = y]`,
+
+    V10_i = mean_j psi(x_i, y_j),   V01_j = mean_i psi(x_i, y_j),   AUROC = mean(V10) = mean(V01)
+    Var(AUROC) = var(V10) / m + var(V01) / n
+
+and for two predictors on the same patients the same formula applies to the differences
+of their placements (paired). Each placement is a rank difference, so an SE costs two sorts:
+on 5,000 patients 1 ms (one predictor) and 3 ms (paired) against 0.3 s and 0.6 s for the
+400-resample bootstrap it replaced, with SEs of 0.0083 and 0.0071 against its 0.0080 and
+0.0069 (one synthetic case: within the bootstrap's own resampling noise).
+A difference within 2 SE is a tie, whatever its sign. numpy only.
 """
 
 from __future__ import annotations
@@ -30,43 +40,55 @@ def paired(loss_a: np.ndarray, loss_b: np.ndarray) -> dict[str, float]:
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve by ranks (Mann–Whitney U / n_pos n_neg; ties count half)."""
     y = np.asarray(y) > 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return math.nan
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score, np.float64)[order]
-    ranks = np.empty(len(s))
-    ranks[order] = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(placements(y, score)[0].mean())
 
 
-def _average_ranks(sorted_values: np.ndarray) -> np.ndarray:
-    """1-based ranks of an ascending array, ties given their average rank."""
-    n = len(sorted_values)
-    new = np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])
+def ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, ties given their average rank."""
+    v = np.asarray(values, np.float64)
+    order = np.argsort(v, kind="mergesort")
+    s = v[order]
+    n = len(s)
+    new = np.concatenate([[True], s[1:] != s[:-1]])
     start = np.flatnonzero(new)
     end = np.concatenate([start[1:], [n]])
-    return np.repeat((start + end + 1) / 2.0, end - start)
+    out = np.empty(n)
+    out[order] = np.repeat((start + end + 1) / 2.0, end - start)
+    return out
 
 
-def paired_auroc(y: np.ndarray, a: np.ndarray, b: np.ndarray | None = None, *, boots: int = 400,
-                 seed: int = 0) -> dict[str, float]:
-    """AUROC(a) − AUROC(b) on the same patients, SE by a paired bootstrap; with ``b`` None,
-    AUROC(a) itself and its bootstrap SE."""
-    y, a = np.asarray(y), np.asarray(a, np.float64)
-    b = None if b is None else np.asarray(b, np.float64)
+def placements(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placements of bool labels ``y``: (V10 (m,): the share of negatives each positive
+    outscores, V01 (n,): the share of positives that outscore each negative; ties half).
+    A positive's rank among all scores minus its rank among the positives counts the
+    negatives below it."""
+    score = np.asarray(score, np.float64)
+    r = ranks(score)
+    pos, neg = score[y], score[~y]
+    v10 = (r[y] - ranks(pos)) / len(neg)
+    v01 = 1.0 - (r[~y] - ranks(neg)) / len(pos)
+    return v10, v01
 
-    def stat(i):
-        return auroc(y[i], a[i]) - (auroc(y[i], b[i]) if b is not None else 0.0)
 
-    rng = np.random.default_rng(seed)
-    diffs = np.asarray([stat(rng.integers(0, len(y), len(y))) for _ in range(boots)])
-    diffs = diffs[np.isfinite(diffs)]
-    return {"diff": stat(np.arange(len(y))), "se": float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan,
+def paired_auroc(y: np.ndarray, a: np.ndarray, b: np.ndarray | None = None) -> dict[str, float]:
+    """AUROC(a) − AUROC(b) on the same patients with DeLong's paired SE; with ``b`` None,
+    AUROC(a) itself and its SE. NaN without both classes."""
+    y = np.asarray(y) > 0.5
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return {"diff": math.nan, "se": math.nan, "n": len(y)}
+    v10, v01 = placements(y, a)
+    if b is not None:
+        w10, w01 = placements(y, b)
+        v10, v01 = v10 - w10, v01 - w01
+    var = (v10.var(ddof=1) / m if m > 1 else math.nan) + (v01.var(ddof=1) / n if n > 1 else math.nan)
+    return {"diff": float(v10.mean()), "se": float(math.sqrt(var)) if math.isfinite(var) else math.nan,
             "n": len(y)}
 
 
-def compare(kind: str, y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, dict[str, float]]:
+def compare(kind: str, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, dict[str, float]]:
     """Paired differences of predictor ``a`` against ``b`` on one target (finite labels only).
 
     regression (``kind`` "regression"): squared error -> ``{"mse": ...}``; binary
@@ -77,16 +99,16 @@ def compare(kind: str, y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 
     y, a, b = y[ok], a[ok], b[ok]
     if kind == "regression":
         return {"mse": paired((a - y) ** 2, (b - y) ** 2)}
-    return {"brier": paired((a - y) ** 2, (b - y) ** 2), "auroc": paired_auroc(y, a, b, seed=seed)}
+    return {"brier": paired((a - y) ** 2, (b - y) ** 2), "auroc": paired_auroc(y, a, b)}
 
 
-def standard_errors(kind: str, y: np.ndarray, pred: np.ndarray, seed: int = 0) -> dict[str, float]:
+def standard_errors(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """SE of one predictor's MSE (regression) or of its Brier score and AUROC (binary)."""
     y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
     if kind == "regression":
         return {"mse_se": paired((pred - y) ** 2, np.zeros_like(y))["se"]}
     return {"brier_se": paired((pred - y) ** 2, np.zeros_like(y))["se"],
-            "auroc_se": paired_auroc(y, pred, seed=seed)["se"]}
+            "auroc_se": paired_auroc(y, pred)["se"]}
 
 
 def verdict(stat: dict[str, float], lower_is_better: bool = True) -> str:

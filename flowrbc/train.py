@@ -522,14 +522,16 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
     val, test = data.split["val"], data.split["test"]
     has_cov = len(data.covariates.names) > 0
     inputs = data.inputs
-    scored = [("test", inputs, test, cohort.samples)] if len(test) else []
-    if fresh is not None:
-        ext = _Inputs.external(data, fresh)
-        scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
-    for src in {id(src): src for _, src, _, _ in scored + [("val", inputs, val, None)]}.values():
-        src.index_features()  # computed once, before the two threads below read them
+    if config.hybrid:
+        inputs.index_features()  # computed once, before the worker below reads them
+    # the index members train on one core while the main thread scales the fresh cohort, runs
+    # the set model's predictions, then fits the baseline
     fits = _Background(lambda: _fit_index(data, inputs, config) if config.hybrid else None)
-    with fits:  # the index members train on one core while the set model predicts, then the baseline fits
+    with fits:
+        scored = [("test", inputs, test, cohort.samples)] if len(test) else []
+        if fresh is not None:
+            ext = _Inputs.external(data, fresh)
+            scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
         val_known, val_unknown = inputs.predict(model, val, data.specs, config, with_unknown=has_cov)
         known = {key: src.predict(model, idx, data.specs, config, with_unknown=has_cov and key == "test")
                  for key, src, idx, _ in scored}  # fresh: covariates known only
@@ -548,19 +550,19 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
             calibration[name]["covariates_unknown"] = cal
     for key, src, idx, samples in scored:
         pred, unknown = known[key]
-        metrics[key] = _score(data, config, calibration, src, idx, predictor(src, idx, pred), baseline, samples)
+        metrics[key] = _score(data, calibration, src, idx, predictor(src, idx, pred), baseline, samples)
         if key == "test":
             arrays = metrics[key].pop("_arrays")
         else:
             scored_fresh = metrics[key].pop("_arrays")
             metrics[key]["cohort"] = fresh.source
             if reference is not None:
-                metrics[key]["reference"] = _against_reference(data, config, scored_fresh, src.truth, reference())
+                metrics[key]["reference"] = _against_reference(data, scored_fresh, src.truth, reference())
         if index is not None:
-            alone = _score(data, config, calibration, src, idx, pred, baseline, None)
+            alone = _score(data, calibration, src, idx, pred, baseline, None)
             metrics[key]["set_model"] = {"model": alone["model"], "paired": alone["paired"]}
         if unknown is not None:
-            unknown = _score(data, config, calibration, src, idx, unknown, None, None, covariates_unknown=True)
+            unknown = _score(data, calibration, src, idx, unknown, None, None, covariates_unknown=True)
             metrics[key]["model_covariates_unknown"] = unknown["model"]
     return metrics, calibration, arrays, index
 
@@ -720,7 +722,7 @@ def _calibrate(data: _CohortData, config: TrainConfig, pv: dict) -> dict[str, di
     return calibration
 
 
-def _score(data: _CohortData, config: TrainConfig, calibration: dict, inputs: _Inputs, idx, pred: dict,
+def _score(data: _CohortData, calibration: dict, inputs: _Inputs, idx, pred: dict,
            baseline, samples, covariates_unknown: bool = False) -> dict[str, Any]:
     """Model (calibrated) against the baseline and the bound on samples ``idx`` of ``inputs``:
     ``{"n", "model", "baseline", "bound", "paired": {target: {metric: {diff, se, n}}}}``
@@ -756,17 +758,17 @@ def _score(data: _CohortData, config: TrainConfig, calibration: dict, inputs: _I
             m["ece_uncalibrated"] = classification_metrics(y[ok], calibrated_probability(pred[name][ok], 1.0))["ece"]
             out["_arrays"][name] = (y[ok], value[ok])
             base = classification_metrics if pb is not None else None
-        out["model"][name] = dict(m, **standard_errors(spec["kind"], y[ok], value[ok], seed=config.seed))
+        out["model"][name] = dict(m, **standard_errors(spec["kind"], y[ok], value[ok]))
         if base is not None:
             out["baseline"][name] = dict(base(y[ok], pb[name][ok]),
-                                         **standard_errors(spec["kind"], y[ok], pb[name][ok], seed=config.seed))
-            out["paired"][name] = compare(spec["kind"], y[ok], value[ok], pb[name][ok], seed=config.seed)
+                                         **standard_errors(spec["kind"], y[ok], pb[name][ok]))
+            out["paired"][name] = compare(spec["kind"], y[ok], value[ok], pb[name][ok])
     if samples is not None:
         out["bound"] = _bound(samples, idx)
     return out
 
 
-def _against_reference(data: _CohortData, config: TrainConfig, scored: dict, truth: dict, ref: dict) -> dict:
+def _against_reference(data: _CohortData, scored: dict, truth: dict, ref: dict) -> dict:
     """A reference predictor ``ref`` (target -> (n,)) on the patients the model was ``scored``
     on (``_score``'s arrays): ``{"model": {target: metrics + SE}, "paired": {target: model −
     reference}}``."""
@@ -782,8 +784,8 @@ def _against_reference(data: _CohortData, config: TrainConfig, scored: dict, tru
         ok = np.isfinite(truth[name])
         y, value, r = scored[name][0], scored[name][1], np.asarray(ref[name], np.float64)[ok]
         metric = regression_metrics if spec["kind"] == "regression" else classification_metrics
-        out["model"][name] = dict(metric(y, r), **standard_errors(spec["kind"], y, r, seed=config.seed))
-        out["paired"][name] = compare(spec["kind"], y, value, r, seed=config.seed)
+        out["model"][name] = dict(metric(y, r), **standard_errors(spec["kind"], y, r))
+        out["paired"][name] = compare(spec["kind"], y, value, r)
     return out
 
 
