@@ -99,6 +99,25 @@ def test_set_norm_stats_in_float32_under_bfloat16():
     assert abs(float(y.float().mean())) < 0.05 and abs(float(y.float().std()) - 1) < 0.05
 
 
+@pytest.mark.parametrize("sets", [1, 3])
+def test_set_norm_without_gradients_matches_the_training_path(sets):
+    """Prediction's path (one layer_norm per set, no mask) gives the training path's values,
+    in float64 and, under bf16 autocast, to bf16's resolution with a bf16 output."""
+    torch.manual_seed(2)
+    norm = SetNorm(6).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(sets, 40, 6, dtype=torch.float64) * 3 + 2
+    train = norm(x.requires_grad_())  # the autograd Function
+    with torch.no_grad():
+        fast = norm(x)
+    torch.testing.assert_close(fast, train.detach())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = norm.float()(x.float().bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.double(), train.detach(), rtol=0, atol=0.05)
+
+
 def test_no_norm_is_identity_object():
     x = torch.randn(2, 3, 4)
     assert NoNorm()(x) is x
