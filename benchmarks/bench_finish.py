@@ -10,10 +10,13 @@ times one channel through one global ``np.lexsort`` by (sample, value), the meth
 replaced, and checks both give the same percentiles.
 
 Part 2 trains one epoch of the default model on the cohort and times what follows the
-epochs (``flowrbc.train``: calibration and test predictions, the moment baseline, the QC
-reference, the checkpoint, the reports): from the log line "calibrating and testing" to
-the return of ``train_cohort``, with each part timed by a wrapper around it. Figures are
-wall-clock; read them against the load average printed before and after.
+epochs (``flowrbc.train``: the set model's validation and test predictions, calibration,
+scores, the checkpoint, the reports): from the log line "calibrating and testing" to the
+return of ``train_cohort``, and the whole run. Each part is timed by a wrapper around it,
+also those that now run on a second thread during the epochs (``_fit_index``,
+``_fit_baseline``, ``_qc_reference``, ``healthy_reference``: they read the cohort only) and
+so sit outside the finishing step. Figures are wall-clock; read them against the load
+average printed before and after.
 """
 
 from __future__ import annotations

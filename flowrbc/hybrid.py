@@ -58,7 +58,7 @@ class StackedMLP(nn.Module):
     """
 
     def __init__(self, members: int, in_features: int, width: int = 128, depth: int = 2,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = {"members": members, "in_features": in_features, "width": width, "depth": depth,
                        "dropout": dropout}
@@ -67,8 +67,10 @@ class StackedMLP(nn.Module):
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init, per member
-            self.weights.append(nn.Parameter(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(members, 1, fan_out).uniform_(-bound, bound)))
+            self.weights.append(nn.Parameter(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound,
+                                                                                             generator=generator)))
+            self.biases.append(nn.Parameter(torch.empty(members, 1, fan_out).uniform_(-bound, bound,
+                                                                                       generator=generator)))
 
     def forward(self, x: Tensor, keep: list[Tensor] | None = None) -> Tensor:
         """``keep``: per hidden layer a (K, B, width) dropout mask of 0 and 1 / (1 − p)
@@ -112,10 +114,9 @@ def fit_stacked_mlp(Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.nda
     ``epochs`` None: ``SAMPLES_SEEN / len(train)`` clipped to [10, 150]."""
     if epochs is None:
         epochs = int(min(150, max(10, SAMPLES_SEEN // max(len(train), 1))))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # initial weights, then minibatch orders
     rng = np.random.default_rng(seed)  # dropout masks
-    torch.manual_seed(seed)
-    net = StackedMLP(members, Z.shape[1])
+    net = StackedMLP(members, Z.shape[1], generator=g)  # the global generator untouched: training may use it
     Xt = torch.as_tensor(Z[train], dtype=torch.float32)
     yt = torch.as_tensor(y[train], dtype=torch.float32)
     Xv = torch.as_tensor(Z[val], dtype=torch.float32).expand(members, -1, -1)  # (K, n_val, F)

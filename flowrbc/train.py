@@ -442,6 +442,9 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     fit_config = FitConfig(epochs=config.epochs, steps_per_epoch=steps, lr=config.lr,
                            weight_decay=config.weight_decay, milestones=tuple(config.milestones),
                            device=str(device), seed=config.seed + rank)
+    # what the finishing step needs from the cohort alone fits on a second thread during the
+    # epochs (one CPU thread trains by default; on a GPU the CPU waits)
+    cohort_fits = _Background(lambda: _cohort_fits(data, config, cohort)) if rank == 0 else None
     try:
         result = fit(net, batches, loss_fn, config=fit_config, evaluate=evaluate, progress=progress,
                      on_epoch_end=checkpoint_epoch, resume=state)
@@ -455,11 +458,9 @@ def _train_cohort(cohort, config: TrainConfig, out_dir, *, resume, progress, on_
     if rank != 0:
         return TrainResult(run_dir, {}, result.history, result.best_epoch)
     say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
-    metrics, calibration, arrays, index = _finish(model, data, config, cohort, fresh, reference)
-    ranges, moments = _qc_reference(data, data.inputs.moment_features())
-    from flowrbc.report.reference import healthy_reference  # the report's healthy contour and bands
-
-    healthy = healthy_reference(data.raw, data.offsets_np, cohort.samples, data.split["train"])
+    fits = cohort_fits.result()
+    metrics, calibration, arrays = _finish(model, data, config, cohort, fits, fresh, reference)
+    index, (ranges, moments), healthy = fits.index, fits.qc, fits.healthy
     metrics.update(best_epoch=result.best_epoch, epochs=config.epochs, cohort=cohort.source,
                    n={k: len(v) for k, v in data.split.items()},
                    wall_time_s=time.perf_counter() - t_start, device=str(device), world_size=world)
@@ -507,36 +508,29 @@ def _finite(obj):
     return obj
 
 
-def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, reference=None):
-    """Fit the index members (``flowrbc.hybrid``), calibrate on validation; score the
-    predictor, the set model alone, the moment baseline and (synthetic) the bound on test and
-    on the ``fresh`` cohort (an independent cohort never used for any choice), each comparison
-    with the baseline as a paired difference with its SE.
+def _finish(model, data: _CohortData, config: TrainConfig, cohort, fits: _CohortFits, fresh=None, reference=None):
+    """Calibrate the predictor (the set model blended with ``fits.index``, ``flowrbc.hybrid``)
+    on validation; score the predictor, the set model alone, the moment baseline and
+    (synthetic) the bound on test and on the ``fresh`` cohort (an independent cohort never
+    used for any choice), each comparison with the baseline as a paired difference with its SE.
 
     With covariates the set model is also calibrated and tested with every covariate unknown
     (``calibration[target]["covariates_unknown"]``, ``test["model_covariates_unknown"]``):
     prediction uses it alone, with that calibration, when a request lacks them.
-    -> (metrics, calibration, plot arrays, index models or None)."""
+    -> (metrics, calibration, plot arrays)."""
     import numpy as np
 
     val, test = data.split["val"], data.split["test"]
     has_cov = len(data.covariates.names) > 0
     inputs = data.inputs
-    if config.hybrid:
-        inputs.index_features()  # computed once, before the worker below reads them
-    # the index members train on one core while the main thread scales the fresh cohort, runs
-    # the set model's predictions, then fits the baseline
-    fits = _Background(lambda: _fit_index(data, inputs, config) if config.hybrid else None)
-    with fits:
-        scored = [("test", inputs, test, cohort.samples)] if len(test) else []
-        if fresh is not None:
-            ext = _Inputs.external(data, fresh)
-            scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
-        val_known, val_unknown = inputs.predict(model, val, data.specs, config, with_unknown=has_cov)
-        known = {key: src.predict(model, idx, data.specs, config, with_unknown=has_cov and key == "test")
-                 for key, src, idx, _ in scored}  # fresh: covariates known only
-        baseline = _fit_baseline(data, inputs, config)
-    index = fits.result()
+    index, baseline = fits.index, fits.baseline
+    scored = [("test", inputs, test, cohort.samples)] if len(test) else []
+    if fresh is not None:
+        ext = _Inputs.external(data, fresh)
+        scored.append(("fresh", ext, np.arange(ext.n), fresh.samples))
+    val_known, val_unknown = inputs.predict(model, val, data.specs, config, with_unknown=has_cov)
+    known = {key: src.predict(model, idx, data.specs, config, with_unknown=has_cov and key == "test")
+             for key, src, idx, _ in scored}  # fresh: covariates known only
 
     def predictor(src: _Inputs, idx, pred: dict) -> dict:
         return pred if index is None else src.blend(index, idx, pred)
@@ -564,31 +558,56 @@ def _finish(model, data: _CohortData, config: TrainConfig, cohort, fresh=None, r
         if unknown is not None:
             unknown = _score(data, calibration, src, idx, unknown, None, None, covariates_unknown=True)
             metrics[key]["model_covariates_unknown"] = unknown["model"]
-    return metrics, calibration, arrays, index
+    return metrics, calibration, arrays
 
 
 class _Background:
-    """``fn()`` on a worker thread from entering the ``with`` block; ``result()`` waits for it
-    and re-raises its error. torch and scikit-learn release the GIL in their kernels, so on a
-    CPU the work overlaps what the main thread computes (each at ``TrainConfig.threads``)."""
+    """``fn()`` on a daemon thread from construction; ``result()`` waits for it and re-raises
+    its error. torch, numpy and scikit-learn release the GIL in their kernels, so the work
+    overlaps what the calling thread computes. A daemon: an interrupted run exits without
+    waiting for it."""
 
     def __init__(self, fn):
-        from concurrent.futures import ThreadPoolExecutor
+        import threading
 
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrbc-fit")
-        self._fn = fn
-        self._future = None
+        self._out: tuple = (None, None)
 
-    def __enter__(self):
-        self._future = self._pool.submit(self._fn)
-        return self
+        def run():
+            try:
+                self._out = (fn(), None)
+            except BaseException as err:  # handed to result()
+                self._out = (None, err)
 
-    def __exit__(self, *exc):
-        self._pool.shutdown(wait=True)  # also when the main thread failed: nothing left running
-        return False
+        self._thread = threading.Thread(target=run, name="flowrbc-fit", daemon=True)
+        self._thread.start()
 
     def result(self):
-        return self._future.result()
+        self._thread.join()
+        value, err = self._out
+        if err is not None:
+            raise err
+        return value
+
+
+@dataclass
+class _CohortFits:
+    """What the finishing step needs that reads the training cohort only, not the set model:
+    the index members (None without ``hybrid``), the moment baseline, the QC reference
+    (feature ranges, moment statistics) and the report's healthy reference."""
+
+    index: Any
+    baseline: Any
+    qc: tuple[dict, dict]
+    healthy: dict | None
+
+
+def _cohort_fits(data: _CohortData, config: TrainConfig, cohort) -> _CohortFits:
+    from flowrbc.report.reference import healthy_reference  # the report's healthy contour and bands
+
+    inputs = data.inputs
+    index = _fit_index(data, inputs, config) if config.hybrid else None
+    return _CohortFits(index, _fit_baseline(data, inputs, config), _qc_reference(data, inputs.moment_features()),
+                       healthy_reference(data.raw, data.offsets_np, cohort.samples, data.split["train"]))
 
 
 def _fit_index(data: _CohortData, inputs: _Inputs, config: TrainConfig):
