@@ -37,14 +37,6 @@ def paired(loss_a: np.ndarray, loss_b: np.ndarray) -> dict[str, float]:
     return {"diff": float(d.mean()) if n else math.nan, "se": se, "n": n}
 
 
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve by ranks (Mann–Whitney U / n_pos n_neg; ties count half)."""
-    y = np.asarray(y) > 0.5
-    if y.all() or not y.any():
-        return math.nan
-    return float(placements(y, score)[0].mean())
-
-
 def ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks of ``values``, ties given their average rank."""
     v = np.asarray(values, np.float64)

@@ -215,7 +215,7 @@ class SetNorm(nn.Module):
     mean subtracted before squaring), with the per-feature affine broadcast to (N, D) so
     that it is applied in the same pass: measured on one CPU thread for 262 sets of 250 x 64
     in bf16, 4.6 ms against 13.6 ms for the statistics in float32 and an ``addcmul``, and
-    the default model's inference 1.5x faster. A single set keeps the affine as a separate
+    the default model's inference 1.4x faster (3,350 against 2,440 sets/s). A single set keeps the affine as a separate
     in-place pass (its (N, D) copy of the weights would be as large as ``x``).
     """
 
