@@ -42,8 +42,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import numpy as np
-    from flowrbc.io.cohort import read_cohort, synthetic_cohort, write_cohort
-    from flowrbc.simulate import simulate_cohort, summary_table
+    from flowrbc.io.builtin import synthetic_cohort
+    from flowrbc.io.cohort import read_cohort, write_cohort
+    from flowrbc.synthetic.simulate import simulate_cohort, summary_table
 
     if not args.skip_summary:
         sim, dt = step("simulate 2,000 x 1,000", lambda: simulate_cohort(2000, 1000, seed=args.seed))

@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    import flowio
+    import flowio  # in the `test` extra: pip install -e '.[test]'
 
     rng = np.random.default_rng(0)
     n = args.events

@@ -87,15 +87,19 @@ def moment_part(cohort, cells: int, with_lexsort: bool) -> None:
 
 
 def train_part(cohort, threads: int) -> None:
+    import flowrbc.assess as assess
     import flowrbc.checkpoint as checkpoint
+    import flowrbc.hybrid as hybrid
+    import flowrbc.metrics as metrics
     import flowrbc.report.reference as reference
     import flowrbc.train as train
+    from flowrbc.predictor import Predictor
     from flowrbc.train import TrainConfig, train_cohort
 
     parts: dict[str, float] = {}
-    targets = [(train, name) for name in ("_finish", "_calibrate", "_score", "_fit_baseline", "_fit_index", "_qc_reference",
-                                          "_write_reports")]
-    targets += [(train._Inputs, "external"), (train._Inputs, "predict"), (reference, "healthy_reference"),
+    targets = [(assess, name) for name in ("finish", "calibrate", "score", "cohort_fits")]
+    targets += [(hybrid, "fit_index_models"), (metrics, "fit_moment_baseline"), (train, "_write_reports"),
+                (Predictor, "prepare_cohort"), (Predictor, "predict"), (reference, "healthy_reference"),
                 (checkpoint, "save_checkpoint")]
     originals = [(owner, name, vars(owner)[name]) for owner, name in targets]  # a classmethod as itself
 
@@ -120,7 +124,7 @@ def train_part(cohort, threads: int) -> None:
 
     config = TrainConfig(epochs=1, threads=threads)
     print(f"\ntraining: {config.model} depth {config.depth} width {config.width}, 1 epoch, "
-          f"{config.cells} cells per set, {config.draws} draws at test  [load {load()}]")
+          f"{config.set_size} cells per set  [load {load()}]")
     with tempfile.TemporaryDirectory(prefix="flowrbc-finish-") as tmp:
         for owner, name, _ in originals:
             setattr(owner, name, timer(name, getattr(owner, name)))  # bound for a classmethod
@@ -146,7 +150,7 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
 
-    from flowrbc.io.cohort import synthetic_cohort
+    from flowrbc.io.builtin import synthetic_cohort
 
     print(f"load average {load()}")
     cohort, dt = timed(synthetic_cohort, args.patients, args.cells)

@@ -26,7 +26,7 @@ from flowrbc.predict import load_model, predict_file  # noqa: E402
 from flowrbc.report.figures import patient_figure  # noqa: E402
 from flowrbc.report.files import file_case, model_info  # noqa: E402
 from flowrbc.report.page import patient_page  # noqa: E402
-from flowrbc.simulate import write_simulated  # noqa: E402
+from flowrbc.synthetic.simulate import write_simulated  # noqa: E402
 
 
 def _timed(fn, *args):

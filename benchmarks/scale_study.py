@@ -43,20 +43,20 @@ def epochs_for(n_train: int) -> int:
 
 
 def _fresh(n: int, cells: int):
-    from flowrbc.io.cohort import load_default_cohort
+    from flowrbc.io.builtin import load_default_cohort
 
     return load_default_cohort(n, cells, FRESH_SEED)
 
 
 def _cohort(n_train: int, cells: int):
-    from flowrbc.io.cohort import load_default_cohort
+    from flowrbc.io.builtin import load_default_cohort
 
     return load_default_cohort(int(round(n_train / 0.7)), cells, 0)
 
 
 def _population_model(cohort, fresh) -> dict:
     """GBM on the exact population parameters + sex, age: train split, chosen on val."""
-    from flowrbc.bound import exact_population_reference
+    from flowrbc.synthetic.reference import exact_population_reference
 
     return exact_population_reference(cohort.samples, 0, fresh.samples, FRESH_SEED)
 
@@ -73,9 +73,10 @@ def _scores(y_h, y_a, hct, prob) -> dict:
 def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> dict:
     import torch
 
+    from flowrbc.calibration import calibrated_probability
     from flowrbc.inputs import predict_all_cells
-    from flowrbc.predict import load_model
-    from flowrbc.train import TrainConfig, _Inputs, train_cohort
+    from flowrbc.predictor import Predictor
+    from flowrbc.train import TrainConfig, train_cohort
 
     cohort = _cohort(n_train, cells)
     config = TrainConfig(model=family, epochs=epochs_for(n_train), hybrid=False, index_inputs=False,
@@ -95,27 +96,15 @@ def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> di
            "baseline_mse": m["baseline"]["hematocrit"]["mse"], "baseline_mse_se": m["baseline"]["hematocrit"]["mse_se"],
            "baseline_auroc": m["baseline"]["anemia"]["auroc"], "baseline_auroc_se": m["baseline"]["anemia"]["auroc_se"]}
     if family == "slot_set":  # all cells of each patient at prediction
-        loaded = load_model(res.run_dir / "model.pt")
-        from flowrbc.calibration import calibrated_probability
-
-        cov = torch.from_numpy(loaded.covariates.encode(fresh.samples))
-        ext = _Inputs.external(_DataView(loaded), fresh)
-        pred = predict_all_cells(loaded.model, ext.X, ext.offsets, np.arange(ext.n), loaded.targets, covariates=cov)
-        prob = calibrated_probability(pred["anemia"], loaded.calibration["anemia"]["temperature"])
-        row["all_cells"] = _scores(ext.truth["hematocrit"], ext.truth["anemia"], pred["hematocrit"], prob)
+        predictor = Predictor.load(res.run_dir / "model.pt")
+        prep = predictor.prepare_cohort(fresh)
+        cov = predictor.decoder_inputs(prep, torch.arange(prep.n))
+        pred = predict_all_cells(predictor.model, prep.X, prep.offsets, np.arange(prep.n), predictor.targets,
+                                 covariates=cov)
+        prob = calibrated_probability(pred["anemia"], predictor.calibration["anemia"]["temperature"])
+        row["all_cells"] = _scores(fresh.samples["hematocrit"].to_numpy(float), fresh.samples["anemia"].to_numpy(float),
+                                   pred["hematocrit"], prob)
     return row
-
-
-class _DataView:
-    """The parts of a training run's data that ``_Inputs.external`` reads, from a checkpoint."""
-
-    def __init__(self, loaded):
-        import torch
-
-        self.roles = tuple(r for r, _ in loaded.channels)
-        self.scaler, self.covariates, self.specs = loaded.scaler, loaded.covariates, loaded.targets
-        self.index_inputs = loaded.index_inputs
-        self.X = torch.zeros(1)
 
 
 def study(out: Path, sizes, n_fresh: int, cells: int, families) -> None:

@@ -192,7 +192,7 @@ def _batches(spec: dict, device):
         while True:
             for x in loader:
                 yield x.to(device)
-    from flowrbc.predict import draw_sets
+    from flowrbc.inputs import draw_sets
 
     X, offs = torch.from_numpy(cells).to(device), torch.from_numpy(offsets).to(device)
     g = torch.Generator(device=device)

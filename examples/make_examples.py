@@ -26,7 +26,7 @@ COLUMNS = ("sample_id", "file", "sex", "age", "condition", "severity", "hematocr
 
 def main(out: Path = Path(__file__).parent) -> None:
     from flowrbc.io.fcs import write_fcs_arrays
-    from flowrbc.simulate import CHANNELS, simulate_cohort
+    from flowrbc.synthetic.simulate import CHANNELS, simulate_cohort
 
     sim = simulate_cohort(400, N_CELLS, seed=0)
     s = sim.samples

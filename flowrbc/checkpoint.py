@@ -7,12 +7,15 @@ tampering that still unpickles; anything else wrong gives one ``CheckpointError`
 
 Keys of ``model.pt``: ``format``, ``format_version``, ``model_config`` (ModelConfig.to_dict),
 ``train_config``, ``state_dict``, ``channels`` (list of [role, channel name] in input order),
-``scaler`` (per-feature log flag, mean, std), ``calibration``, ``feature_ranges``,
+``scaler`` (per-feature log flag, mean, std), ``targets``, ``covariates``, ``index_inputs`` and
+``index_models`` (``flowrbc.hybrid``; None when absent), ``calibration``, ``feature_ranges``,
 ``moments`` (training moment-feature mean/sd for QC), ``healthy_reference`` (the training
 cohort's healthy cell density and histogram bands, for reports; ``flowrbc.report.reference``),
-``metrics``, ``versions``,
-``fingerprint`` (of the training data), ``complete`` (False while training is under way),
-``digest``.
+``metrics``, ``versions``, ``fingerprint`` (of the training data), ``complete`` (False while
+training is under way), ``digest``.
+
+An older format is read through ``MIGRATIONS``, one step per version, after its digest is
+checked, so that ``flowrbc.predictor.Predictor.load`` reads one layout only.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from flowrbc.errors import CheckpointError
 
 FORMAT = "flowrbc-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every key a predictor reads is present (``MIGRATIONS``)
 REQUIRED = ("model_config", "state_dict", "channels", "scaler")
 
 
@@ -137,17 +140,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable flowrbc checkpoint ({_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a flowrbc checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
+    version = payload.get("format_version")
+    if version not in MIGRATIONS and version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {payload.get('format_version')} is not supported "
-            f"(this flowrbc reads format {FORMAT_VERSION})"
+            f"{path}: checkpoint format {version} is not supported (this flowrbc reads formats "
+            f"{', '.join(map(str, sorted([*MIGRATIONS, FORMAT_VERSION])))})"
         )
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     if payload.get("digest") != _digest(payload):
         raise CheckpointError(f"{path}: checkpoint content does not match its digest (modified or corrupted)")
+    while payload["format_version"] != FORMAT_VERSION:
+        payload = MIGRATIONS[payload["format_version"]](payload)
     return payload
+
+
+def _from_version_1(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 could leave out what its writer did not have yet: the targets and covariates of
+    the earliest runs, the index inputs and index members, and in the members' state whether
+    they read the shape features (no: moment features only) and the set model's weight (1/3).
+    Its ``train_config["cells"]`` is format 2's ``set_size``."""
+    out = dict(payload, format_version=2)
+    out.setdefault("targets", {})
+    out.setdefault("covariates", None)
+    out.setdefault("index_inputs", None)
+    out["train_config"] = dict(payload.get("train_config") or {})
+    out["train_config"]["set_size"] = out["train_config"].pop("cells", 1000)
+    index = payload.get("index_models")
+    out["index_models"] = None if not index else dict({"shape": False, "set_weight": 1.0 / 3.0}, **index)
+    return out
+
+
+MIGRATIONS = {1: _from_version_1}  # format version -> the step to the next one
 
 
 def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -75,11 +75,14 @@ class CovariateEncoder:
             mean[name], std[name] = float(v.mean()), sd if sd > 0 else 1.0
         return cls(list(names), mean, std)
 
-    def raw(self, samples) -> np.ndarray:
-        """(n_samples, k) float64: sex ±1, numbers as given; NaN where unknown."""
+    def raw(self, samples, missing_unknown: bool = False) -> np.ndarray:
+        """(n_samples, k) float64: sex ±1, numbers as given; NaN where unknown.
+        ``missing_unknown``: a column the table lacks is unknown for every sample."""
         cols = []
         for name in self.names:
-            if name == "sex":
+            if name not in samples.columns and missing_unknown:
+                cols.append(np.full(len(samples), np.nan))
+            elif name == "sex":
                 s = np.array([parse_sex(v) for v in samples[name].tolist()])
                 cols.append(np.where(s == 0, np.nan, s))
             else:

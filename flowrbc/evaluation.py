@@ -104,7 +104,9 @@ def standard_errors(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, flo
 
 
 def verdict(stat: dict[str, float], lower_is_better: bool = True) -> str:
-    """'a better' / 'b better' / 'tie' at ``TIE_SE`` standard errors."""
+    """The verdict on a difference a − b (``stat``: {"diff", "se"}): "better" when a beats b by
+    more than ``TIE_SE`` standard errors (lower wins when ``lower_is_better``), "worse" when b
+    beats a by as much, else "tie" (also for a non-finite difference or SE)."""
     d, se = stat["diff"], stat["se"]
     if not (math.isfinite(d) and math.isfinite(se)) or abs(d) <= TIE_SE * se:
         return "tie"

@@ -19,10 +19,10 @@ correlation: ``flowrbc.metrics.shape_features``), and covariates :math:`c`:
   covariates (the moments baseline's grid, chosen on validation), applied in numpy
   (``flowrbc.trees``).
 
-The shape features were added after measuring on experiment cohorts (seeds 777/778, 1,400
-training patients, 5,000 fresh): trees 10.58 -> 10.17 and the whole predictor 9.82 -> 9.61
-hematocrit MSE; the analyser indices alone miss the tails and asymmetry that separate,
-say, a hypochromic subpopulation from a uniformly shifted one.
+Why the shape features: the analyser indices alone miss the tails and asymmetry that
+separate, say, a hypochromic subpopulation from a uniformly shifted one; measured on
+experiment cohorts (seeds 777/778, 1,400 training patients, 5,000 fresh), without -> with
+them: trees 10.58 -> 10.17 and the whole predictor 9.82 -> 9.61 hematocrit MSE.
 
 Why a fixed weight and no fitted one: the members make correlated but different errors,
 and with ~300 validation patients a fitted weight is mostly noise (measured on 5,000 fresh
@@ -175,12 +175,9 @@ class IndexInputs:
     NaN -> 0. The set model then learns what the cells add to the indices; its embedding
     sees a 250-cell draw, the indices all of the sample's cells.
 
-    Measured on two experiment cohorts (777 -> 778, 779 -> 780; 1,400 training patients,
-    5,000 fresh): set model alone 10.17 -> 9.95 and 9.78 -> 9.56 hematocrit MSE (−0.21 ± 0.12,
-    −0.23 ± 0.12), anemia AUROC 0.927 -> 0.931 and 0.930 -> 0.934, the whole predictor
-    −0.05 ± 0.04 and −0.06 ± 0.04 (a first build that also hid them with the covariates);
-    with this one, cohorts 781 and 783: set model 10.23 -> 9.38 and 10.57 -> 9.86, predictor
-    9.63 -> 9.44 and 9.93 -> 9.85."""
+    Measured on experiment cohorts 781 and 783 (1,400 training patients, 5,000 fresh), without
+    -> with these inputs: set model alone 10.23 -> 9.38 and 10.57 -> 9.86 hematocrit MSE, the
+    whole predictor 9.63 -> 9.44 and 9.93 -> 9.85 (benchmarks/RESULTS.md)."""
 
     names: list[str]
     mean: np.ndarray  # (F,)
@@ -211,7 +208,8 @@ class IndexInputs:
 class IndexModels:
     """The two index members of each regression target, and what they read.
 
-    Features ``F``: the moment features, then (``shape``) the shape features (``features``).
+    Features ``F``: the moment features, then (``shape``) the shape features
+    (``flowrbc.predictor.Predictor.index_features``).
     Trees read ``[F, raw covariates (NaN = unknown)]``; the MLPs read
     ``[(F − mean) / sd, encoded covariates]`` (0 = unknown, NaN -> 0)."""
 
@@ -219,18 +217,8 @@ class IndexModels:
     mean: np.ndarray  # (F,) training mean of the features
     sd: np.ndarray  # (F,)
     members: dict[str, dict]  # target -> {"mlp": StackedMLP, "y_mean", "y_std", "trees": TreeEnsemble}
-    shape: bool = True  # False: moment features only (checkpoints written before the shape features)
+    shape: bool = True  # False: moment features only (members fitted before the shape features)
     set_weight: float = SET_WEIGHT  # the set model's share in ``blend``
-
-    def features(self, volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndarray,
-                 moments: np.ndarray | None = None) -> np.ndarray:
-        """The features these members read, (n_samples, F), from cells split by ``offsets``;
-        ``moments`` (n_samples, ·): the moment features when the caller has them already."""
-        if not self.shape:
-            from flowrbc.metrics import moment_features
-
-            return moment_features(volume, hemoglobin, offsets)[0] if moments is None else moments
-        return index_features(volume, hemoglobin, offsets, None if moments is None else (moments, []))[0]
 
     def mlp_inputs(self, F: np.ndarray, cov_encoded: np.ndarray) -> np.ndarray:
         Z = np.concatenate([(F - self.mean) / self.sd, cov_encoded], axis=1)  # (n, F + k)
@@ -276,15 +264,15 @@ class IndexModels:
             members[name] = {"mlp": mlp.eval(), "y_mean": float(m["y_mean"]), "y_std": float(m["y_std"]),
                              "trees": TreeEnsemble.from_state(m["trees"])}
         return cls(list(state["feature_names"]), state["mean"].numpy().astype(np.float64),
-                   state["sd"].numpy().astype(np.float64), members, shape=bool(state.get("shape", False)),
-                   set_weight=float(state.get("set_weight", 1.0 / 3.0)))
+                   state["sd"].numpy().astype(np.float64), members, shape=bool(state["shape"]),
+                   set_weight=float(state["set_weight"]))
 
 
 def fit_index_models(F: np.ndarray, names: list[str], cov_raw: np.ndarray, cov_encoded: np.ndarray,
                      truth: dict[str, np.ndarray], specs: dict[str, dict], train: np.ndarray, val: np.ndarray,
                      seed: int = 0) -> IndexModels:
     """Index members for every regression target of ``specs`` from features ``F`` (n, ·)
-    (``IndexModels.features``) named ``names``: MLPs and trees (the moments baseline's grid)
+    (``flowrbc.predictor.Predictor.index_features``) named ``names``: MLPs and trees (the moments baseline's grid)
     fitted on rows ``train``, stopped or chosen on ``val``."""
     from flowrbc.metrics import fit_moment_baseline
     from flowrbc.trees import TreeEnsemble

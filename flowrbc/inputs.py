@@ -14,7 +14,6 @@ import torch
 from flowrbc.fit import autocast_for, model_width
 
 DRAWS = 10  # most cell subsets averaged per sample at prediction and test time (``prediction_sets``)
-SHUFFLE_KEYS = 1 << 22  # random keys per shuffle chunk (``shuffle_prefix``): 16 MiB, then a sort
 PREDICT_ELEMENTS = 1 << 16  # cells per inference batch (262 sets of 250): batches of 16 sets ran
 # the default model at 1,640 sets/s on one thread, of 256 at 1,860 (fp32), of 1,024 at 2,050 (two threads, vs 2,950)
 LOG_FLOOR = 1e-3  # log(max(x, floor)): volumes/contents are positive; guards zeros
@@ -81,29 +80,31 @@ def sets_per_sample(n: torch.Tensor | np.ndarray | int, cells: int, draws: int =
     return np.clip((np.asarray(n) + cells - 1) // cells, 1, draws)
 
 
-def shuffle_prefix(n: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+def shuffle_prefix(n: np.ndarray, length: int, seed: int) -> np.ndarray:
     """The first ``min(n_s, length)`` positions of a uniform random shuffle of range(n_s) for
-    each sample: the ``length`` smallest of n_s random keys. n (B,) -> (B, min(max n, length))
-    int64, a sample's columns past n_s padding (values >= n_s). Chunks of samples keep
-    the keys within ``SHUFFLE_KEYS``."""
-    n_max = int(n.max())
-    width = min(n_max, length)
-    rows = max(1, SHUFFLE_KEYS // n_max)
-    out = []
-    for lo in range(0, len(n), rows):
-        nb = n[lo : lo + rows]
-        keys = torch.rand(len(nb), n_max, generator=generator, device=n.device)  # (b, n_max)
-        keys.masked_fill_(torch.arange(n_max, device=n.device)[None, :] >= nb[:, None], 2.0)  # padding last
-        out.append(torch.topk(keys, width, dim=1, largest=False, sorted=True).indices)  # (b, width)
-    return torch.cat(out)
+    each sample, from a generator seeded by (``seed``, n_s): a sample's shuffle depends on its
+    number of cells and the seed only — not on the samples that share its batch, and not on
+    the last bits of its values — so a file and the same sample inside a cohort get the same
+    sets. Samples of equal size share positions; their cells are in acquisition order, which
+    says nothing of the cell, so each sample's sets are still uniform random subsets of it.
+    n (B,) -> (B, min(max n, length)) int64, a sample's columns past n_s padding (values >= n_s)."""
+    n = np.asarray(n, dtype=np.int64)
+    width = int(min(n.max(), length))
+    out = np.empty((len(n), width), dtype=np.int64)
+    for n_s in np.unique(n).tolist():
+        take = min(n_s, width)
+        rows = n == n_s
+        out[rows, :take] = np.random.default_rng([seed, n_s]).choice(n_s, size=take, replace=False)
+        out[rows, take:] = n_s
+    return out
 
 
-def prediction_sets(offsets: torch.Tensor, idx: torch.Tensor, cells: int, draws: int, generator: torch.Generator):
+def prediction_sets(X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor, cells: int, draws: int, seed: int):
     """The sets that prediction averages for samples ``idx`` (B,): sample s (n_s cells) gives
     k_s = ``sets_per_sample`` sets of ``cells`` cells, consecutive blocks of one uniform shuffle
-    of its cells, wrapping around at the end. No cell is used twice before every cell is used
-    once: a sample of 4 x 250 cells gives 4 disjoint sets covering it, one of 20,000 cells 10
-    disjoint sets, one of 100 cells a single set with each cell 2 or 3 times.
+    of its cells (``shuffle_prefix``), wrapping around at the end. No cell is used twice before
+    every cell is used once: a sample of 4 x 250 cells gives 4 disjoint sets covering it, one
+    of 20,000 cells 10 disjoint sets, one of 100 cells a single set with each cell 2 or 3 times.
 
     Measured against 10 sets drawn with replacement (the default Deep Sets++, 5,000 fresh
     patients of about 1,000 cells, two experiment cohorts): hematocrit MSE -0.089 +- 0.028 and
@@ -114,8 +115,8 @@ def prediction_sets(offsets: torch.Tensor, idx: torch.Tensor, cells: int, draws:
     start = offsets[idx]  # (B,)
     n = offsets[idx + 1] - start  # (B,)
     k = sets_per_sample(n, cells, draws)  # (B,)
-    perm = shuffle_prefix(n, draws * cells, generator)  # (B, P)
-    step = torch.arange(cells, device=offsets.device)  # (N,)
+    perm = torch.from_numpy(shuffle_prefix(n.cpu().numpy(), draws * cells, seed)).to(X.device)  # (B, P)
+    step = torch.arange(cells, device=X.device)  # (N,)
 
     def sets():
         for r in range(int(k.max())):
@@ -126,15 +127,16 @@ def prediction_sets(offsets: torch.Tensor, idx: torch.Tensor, cells: int, draws:
     return k, sets()
 
 
-def decoder_inputs(cov: torch.Tensor | None, side: torch.Tensor | None, k: int) -> torch.Tensor | None:
+def decoder_inputs(cov: torch.Tensor | None, features: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """What a set model's decoder reads beside the embedding: the encoded covariates (B, k)
-    (None: all unknown, zeros) then the index inputs (B, F) (``flowrbc.hybrid.IndexInputs``;
-    None: a model without them). -> (B, k + F), or ``cov`` alone without index inputs."""
-    if side is None:
+    (None: all unknown, zeros) then the encoded index features (B, F)
+    (``flowrbc.hybrid.IndexInputs``; None: a model without them). -> (B, k + F), or ``cov``
+    alone without index features."""
+    if features is None:
         return cov
     if cov is None:
-        cov = side.new_zeros(side.shape[0], k)  # (B, k): unknown
-    return torch.cat([cov.to(side.dtype), side], dim=1)  # (B, k + F)
+        cov = features.new_zeros(features.shape[0], k)  # (B, k): unknown
+    return torch.cat([cov.to(features.dtype), features], dim=1)  # (B, k + F)
 
 
 def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> dict[str, torch.Tensor]:
@@ -148,48 +150,49 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
     return out
 
 
-@torch.no_grad()
-def predict_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
-                 targets: dict[str, dict], *, cells: int, draws: int = DRAWS, seed: int = 0,
-                 batch_size: int | None = None, covariates: torch.Tensor | np.ndarray | None = None,
-                 ) -> dict[str, np.ndarray]:
-    """Average over each sample's ``prediction_sets`` (at most ``draws``): regression values in
-    target units, classification logits (averaging logits, then calibrating, keeps one scale).
-    -> (len(idx),)
+def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray, *,
+                  cells: int, draws: int = DRAWS, seed: int = 0, batch_size: int | None = None):
+    """Each sample's ``prediction_sets`` through ``model.embed``, without gradients, in batches
+    of ``batch_size`` samples (None: ``PREDICT_ELEMENTS // cells``).
+    -> (k (len(idx),) sets per sample, iterator of (at (L,) positions in idx, z (L, D)))."""
+    model.eval()
+    width = model_width(model)
+    batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
+    idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
+    n = offsets[idx_t + 1] - offsets[idx_t]  # (S,)
+    k = sets_per_sample(n, cells, draws)  # (S,)
 
-    ``covariates`` (len(idx), k): encoded per-sample covariates, row i for sample idx[i]
-    (None: unknown, or a model without covariates). ``batch_size``: samples per shuffle and
-    sets per forward pass (None: ``PREDICT_ELEMENTS // cells``)."""
-    return predict_sets_each(model, X, offsets, idx, targets, [covariates], cells=cells, draws=draws, seed=seed,
-                             batch_size=batch_size)[0]
+    def sets():
+        for lo in range(0, len(idx_t), batch_size):
+            _, batch = prediction_sets(X, offsets, idx_t[lo : lo + batch_size], cells, draws, seed)
+            for live, rows in batch:
+                with torch.no_grad(), autocast_for(X.device, True, width, train=False):
+                    z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
+                yield lo + live, z
+
+    return k, sets()
 
 
 @torch.no_grad()
 def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                       targets: dict[str, dict], covariates: list, *, cells: int, draws: int = DRAWS, seed: int = 0,
                       batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
-    """``predict_sets`` for each entry of ``covariates`` (e.g. ``[known, None]``) from the same
-    sets: each set is embedded once and decoded once per entry (``model.embed``/``decode``)."""
-    model.eval()
+    """The average over each sample's ``prediction_sets`` (at most ``draws``) of the decoded
+    heads, for each entry of ``covariates`` (encoded (len(idx), k), row i for sample idx[i];
+    None: unknown or a model without any) from the same sets: each set is embedded once and
+    decoded once per entry. Regression values in target units, classification logits
+    (averaging logits, then calibrating, keeps one scale). -> per entry {target: (len(idx),)}"""
     width = model_width(model)
-    batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
-    generator = torch.Generator(device=X.device)
-    generator.manual_seed(seed)
-    idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
     covs = [None if c is None else torch.as_tensor(c, dtype=torch.float32).to(X.device) for c in covariates]
-    sums = [{name: torch.zeros(len(idx_t), device=X.device) for name in targets} for _ in covs]
-    counts = torch.zeros(len(idx_t), device=X.device)
-    for lo in range(0, len(idx_t), batch_size):
-        k, sets = prediction_sets(offsets, idx_t[lo : lo + batch_size], cells, draws, generator)
-        counts[lo : lo + len(k)] = k.to(counts.dtype)
-        for live, rows in sets:
-            at = lo + live  # (L,) positions in idx
-            with autocast_for(X.device, True, width, train=False):
-                z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
-                for cov, acc in zip(covs, sums):
-                    decoded = decode_outputs(model.decode(z, None if cov is None else cov[at]), targets)
-                    for name, value in decoded.items():
-                        acc[name].index_add_(0, at, value)
+    k, sets = embedded_sets(model, X, offsets, idx, cells=cells, draws=draws, seed=seed, batch_size=batch_size)
+    sums = [{name: torch.zeros(len(k), device=X.device) for name in targets} for _ in covs]
+    for at, z in sets:
+        with autocast_for(X.device, True, width, train=False):
+            for cov, acc in zip(covs, sums):
+                decoded = decode_outputs(model.decode(z, None if cov is None else cov[at]), targets)
+                for name, value in decoded.items():
+                    acc[name].index_add_(0, at, value)
+    counts = k.to(torch.float32)
     return [{name: (s / counts).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
 
 

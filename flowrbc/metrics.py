@@ -1,7 +1,7 @@
 """Metrics and the moment-feature baseline.
 
 Moment features are what a hematology analyser reports from the same cells (MCV, MCH, MCHC,
-RDW, HDW, percentiles, fractions of micro/macrocytic and hypochromic cells). They are computed
+RDW, HDW, percentiles, shares of cells by volume, content and concentration). They are computed
 per sample from one cell matrix and its offsets with segment reductions (no per-sample Python),
 with numpy only: the predict path uses them for its distribution-shift QC. scikit-learn is
 imported inside the functions that need it (AUROC/AUPRC, the gradient-boosting baseline).
@@ -16,11 +16,20 @@ from typing import Any
 import numpy as np
 
 PERCENTILES = (5, 25, 50, 75, 95)
-MICROCYTIC_FL = 80.0  # cell volume below this: microcytic
-MACROCYTIC_FL = 100.0  # cell volume above this: macrocytic
-HYPOCHROMIC_PG = 27.0  # cell hemoglobin content below this: hypochromic (by content)
-HYPOCHROMIC_CHC = 28.0  # cell Hb concentration (g/dL) below this: hypochromic (Advia)
-HYPERCHROMIC_CHC = 41.0  # cell Hb concentration (g/dL) above this: hyperchromic (Advia)
+
+# The red-cell terms, per cell: the fixed bounds of the volume / hemoglobin-concentration
+# cytogram of optical analysers (ADVIA 120/2120 type), the standard meaning of "% micro /
+# macro / hypo / hyper cells". Defined here alone; the report's indices read them.
+MICRO_FL = 60.0  # volume below: a microcytic cell
+MACRO_FL = 120.0  # volume above: a macrocytic cell
+HYPO_CHC = 28.0  # cell hemoglobin concentration (g/dL) below: a hypochromic cell
+HYPER_CHC = 41.0  # cell hemoglobin concentration (g/dL) above: a hyperchromic cell
+
+# Cut-offs of three moment features, not the cell terms above: the shares of cells below and
+# above the normal range of the MCV (80-100 fL) and below that of the MCH (27 pg). Trained
+# checkpoints read these features (by position), so the values stay.
+FEATURE_VOLUME_FL = (80.0, 100.0)
+FEATURE_HEMOGLOBIN_PG = 27.0
 
 
 def _segments(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +45,13 @@ _CANCEL_RATIO = 1e8  # mean^2 / var above which E[x^2] - mean^2 keeps fewer than
 
 
 def segment_mean_sd(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Per-sample mean and (population) SD of ``values`` (n_cells,) split by ``offsets``.
+    r"""Per-sample mean and SD of ``values`` (n_cells,) split by ``offsets``: the one SD of
+    flowrbc's indices (RDW, HDW, the QC's chdw, the moment features).
+
+    The population SD (ddof 0): the spread of the cells measured, as an analyser's RDW and
+    HDW describe the sample's own cells, not an estimate for a larger population. The two
+    differ by a factor sqrt((n - 1) / n), 0.05 % at 1,000 cells; a one-cell sample has SD 0.
+    The moment features that trained checkpoints read were computed with it.
 
     One pass of sums, :math:`\sigma^2 = \overline{x^2} - \bar x^2`; the samples where that
     cancels (:math:`\bar x^2 > 10^8 \sigma^2`, e.g. a constant or one-cell sample) are
@@ -155,12 +170,13 @@ def moment_features(volume: np.ndarray, hemoglobin: np.ndarray, offsets: np.ndar
     mcv, mch = cols[0], cols[7]
     cols += [100.0 * mch / mcv, 100.0 * cols[1] / mcv, cols[15]]
     names += ["mchc", "rdw", "hdw"]
-    fractions = {
-        "frac_microcytic": volume < MICROCYTIC_FL,
-        "frac_macrocytic": volume > MACROCYTIC_FL,
-        "frac_hypochromic": hemoglobin < HYPOCHROMIC_PG,
-        "frac_chc_low": chc < HYPOCHROMIC_CHC,
-        "frac_chc_high": chc > HYPERCHROMIC_CHC,
+    low_fl, high_fl = FEATURE_VOLUME_FL
+    fractions = {  # frac_chc_low / high: the share of hypo- / hyperchromic cells
+        f"frac_volume_below_{low_fl:g}": volume < low_fl,
+        f"frac_volume_above_{high_fl:g}": volume > high_fl,
+        f"frac_hemoglobin_below_{FEATURE_HEMOGLOBIN_PG:g}": hemoglobin < FEATURE_HEMOGLOBIN_PG,
+        "frac_chc_low": chc < HYPO_CHC,
+        "frac_chc_high": chc > HYPER_CHC,
     }
     for name, mask in fractions.items():
         cols.append(segment_fraction(mask, offsets))

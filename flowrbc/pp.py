@@ -16,7 +16,8 @@ microcytes. Bounds (``GateBounds``, inclusive):
   hold hemoglobin denser than it packs, so values far outside are coincidences or noise).
 
 QC metrics use the gated cells: mcv = mean V, mch = mean Hb, rdw = 100 SD(V) / mean V (%),
-hdw = SD(100 Hb / V) (g/dL), chdw = SD(Hb) (pg) — the definitions of ``flowrbc.simulate``.
+hdw = SD(100 Hb / V) (g/dL), chdw = SD(Hb) (pg) — the definitions of ``flowrbc.simulate``,
+with the population SD of ``metrics.segment_mean_sd``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from flowrbc.metrics import segment_mean_sd
 
 MIN_CELLS = 200  # fewer gated cells than this: too few for a stable distribution estimate
 MAX_GATED_OUT = 0.20  # more than this share of events removed by the gate: suspect sample
@@ -63,38 +66,41 @@ def row_owners(offsets: np.ndarray, lo: int, hi: int) -> np.ndarray:
 def qc_by_sample(cells: np.ndarray, offsets: np.ndarray, bounds: GateBounds = DEFAULT_BOUNDS,
                  *, block: int = 1 << 22) -> dict[str, np.ndarray]:
     """Per-sample QC of a cohort matrix ``cells`` (n_cells, 2) [volume, hemoglobin] whose
-    sample i owns rows ``offsets[i]:offsets[i+1]``. Vectorised, in row blocks (bounded memory).
+    sample i owns rows ``offsets[i]:offsets[i+1]``. Vectorised over whole samples, about
+    ``block`` rows at a time (bounded memory; a longer sample is taken alone).
 
     Returns arrays of length n_samples: n_events, n_gated, n_nonfinite, frac_gated,
-    mcv, mch, rdw, hdw, chdw (NaN where a sample has no gated cell).
+    mcv, mch, rdw, hdw, chdw (NaN where a sample has no gated cell). The SDs are
+    ``metrics.segment_mean_sd``'s, the moment features' own (population SD, ddof 0).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     n = len(offsets) - 1
-    sums = np.zeros((n, 7))  # count, V, V^2, H, H^2, C, C^2 over gated cells
+    n_gated = np.zeros(n, dtype=np.int64)
     nonfinite = np.zeros(n, dtype=np.int64)
-    for lo in range(0, int(offsets[-1]), block):
-        hi = min(lo + block, int(offsets[-1]))
-        x = np.asarray(cells[lo:hi], dtype=np.float64)  # (b, 2)
-        v, h = x[:, 0], x[:, 1]
-        keep = rbc_gate(v, h, bounds)
-        owner = row_owners(offsets, lo, hi)  # (b,) sample of each row
-        bad = ~(np.isfinite(v) & np.isfinite(h))
-        nonfinite += np.bincount(owner[bad], minlength=n)
-        v, h, ow = v[keep], h[keep], owner[keep]
-        c = 100.0 * h / v
-        for j, vals in enumerate((np.ones_like(v), v, v * v, h, h * h, c, c * c)):
-            sums[:, j] += np.bincount(ow, weights=vals, minlength=n)
+    mean = np.full((n, 3), np.nan)  # V, H, C = 100 H / V of the gated cells
+    sd = np.full((n, 3), np.nan)
+    for first, last in _sample_runs(offsets, block):
+        lo = int(offsets[first])
+        x = np.asarray(cells[lo : offsets[last]], dtype=np.float64)  # (b, 2) samples first..last-1
+        local = offsets[first : last + 1] - lo  # (m + 1,) their offsets in x
+        keep = rbc_gate(x[:, 0], x[:, 1], bounds)  # (b,)
+        nonfinite[first:last] = np.diff(_running_count(~np.isfinite(x).all(axis=1))[local])
+        gated = _running_count(keep)[local]  # (m + 1,) their offsets among the gated cells
+        n_gated[first:last] = np.diff(gated)
+        some = np.flatnonzero(np.diff(gated) > 0)  # samples with a gated cell (others are empty runs)
+        if not len(some):
+            continue
+        v, h = x[keep, 0], x[keep, 1]
+        segments = np.append(gated[some], gated[-1])
+        for j, values in enumerate((v, h, 100.0 * h / v)):
+            mean[first + some, j], sd[first + some, j] = segment_mean_sd(values, segments)
     n_events = np.diff(offsets)
-    cnt = sums[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums[:, 1::2] / cnt[:, None]  # (n, 3) mean V, H, C
-        var = np.maximum(sums[:, 2::2] / cnt[:, None] - mean**2, 0) * cnt[:, None] / np.maximum(cnt - 1, 1)[:, None]
-        sd = np.sqrt(var)
         return {
             "n_events": n_events,
-            "n_gated": cnt.astype(np.int64),
+            "n_gated": n_gated,
             "n_nonfinite": nonfinite,
-            "frac_gated": np.where(n_events > 0, cnt / np.maximum(n_events, 1), np.nan),
+            "frac_gated": np.where(n_events > 0, n_gated / np.maximum(n_events, 1), np.nan),
             "mcv": mean[:, 0],
             "mch": mean[:, 1],
             "rdw": 100 * sd[:, 0] / mean[:, 0],
@@ -103,10 +109,26 @@ def qc_by_sample(cells: np.ndarray, offsets: np.ndarray, bounds: GateBounds = DE
         }
 
 
+def _sample_runs(offsets: np.ndarray, rows: int):
+    """``(first, last)``: runs of whole samples ``first..last-1`` of at most ``rows`` rows,
+    or one sample where it alone holds more."""
+    first, n = 0, len(offsets) - 1
+    while first < n:
+        last = max(int(np.searchsorted(offsets, offsets[first] + rows, side="right")) - 1, first + 1)
+        yield first, last
+        first = last
+
+
+def _running_count(mask: np.ndarray) -> np.ndarray:
+    """(b,) bool -> (b + 1,) trues before each row: ``c[j] - c[i]`` counts rows i..j-1."""
+    return np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+
+
 def qc_flags(qc: dict, min_cells: int = MIN_CELLS) -> dict[str, np.ndarray]:
-    """Boolean QC flags from ``qc_by_sample``/``qc_summary`` values:
+    """The sample-level QC flags, one definition for the cohort QC and ``flowrbc predict``,
+    from the counts n_events, n_gated, n_nonfinite (arrays, or one sample's scalars):
     ``too_few_cells`` (fewer gated cells than ``min_cells``), ``many_gated_out`` (the gate
-    removed more than 20 % of events), ``nonfinite_events`` (any NaN/inf event)."""
+    removed more than ``MAX_GATED_OUT`` of the events), ``nonfinite_events`` (any NaN/inf event)."""
     n_gated = np.asarray(qc["n_gated"])
     n_events = np.asarray(qc["n_events"])
     return {

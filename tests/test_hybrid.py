@@ -4,13 +4,13 @@ import numpy as np
 import torch
 
 from flowrbc.hybrid import SET_WEIGHT, IndexModels, StackedMLP, fit_stacked_mlp
-from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.io.builtin import synthetic_cohort
 from flowrbc.metrics import moment_features, shape_features
 from flowrbc.predict import load_model, predict_file
-from flowrbc.simulate import write_simulated
+from flowrbc.synthetic.simulate import write_simulated
 from flowrbc.train import TrainConfig, train_cohort
 
-TINY = dict(width=16, depth=1, cells=64, epochs=1, batch_size=16, draws=2, device="cpu")
+TINY = dict(width=16, depth=1, set_size=64, epochs=1, batch_size=16, device="cpu")
 
 
 def test_stacked_members_are_independent():
@@ -69,7 +69,9 @@ def test_predict_file_applies_the_trained_blend(tmp_path):
     cells = data.events[:, :2].astype(np.float64)
     cells = cells[pp.rbc_gate(cells[:, 0], cells[:, 1])]
     moments, _ = moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
-    F = index.features(cells[:, 0], cells[:, 1], np.array([0, len(cells)]))
+    model.index = index
+    F, _ = model.index_features(cells, np.array([0, len(cells)]),
+                                moment_features(cells[:, 0], cells[:, 1], np.array([0, len(cells)])))
     assert F.shape == (1, moments.shape[1] + len(shape_features(cells[:2, 0], cells[:2, 1], np.array([0, 2]))[1]))
     np.testing.assert_array_equal(F[:, : moments.shape[1]], moments)
     _, raw = model.covariates.values(None, data.keywords)
@@ -81,20 +83,34 @@ def test_predict_file_applies_the_trained_blend(tmp_path):
 
 def test_checkpoint_round_trip_keeps_what_the_members_read(tmp_path):
     """The members' state says whether they read the shape features and the set model's weight;
-    a state written before them (no "shape" / "set_weight" key) reads the moment features
-    alone and weighs the three members equally."""
+    a format-1 checkpoint, written before them, is migrated on load: its members read the
+    moment features alone and weigh the three members equally."""
+    import io
+
+    from flowrbc.checkpoint import _digest, load_checkpoint
+
     cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
-    result = train_cohort(cohort, TrainConfig(**TINY), tmp_path / "run", plots=False)
-    state = load_model(result.run_dir / "model.pt").index.to_state()
-    again = IndexModels.from_state(state)
+    result = train_cohort(cohort, TrainConfig(**dict(TINY, index_inputs=False)), tmp_path / "run", plots=False)
+    model = load_model(result.run_dir / "model.pt")
+    again = IndexModels.from_state(model.index.to_state())
     assert again.shape and len(again.feature_names) == len(again.mean) and again.set_weight == SET_WEIGHT
     rng = np.random.default_rng(0)
     v, h = rng.lognormal(4.4, 0.13, 300), rng.lognormal(3.4, 0.15, 300)
-    offsets = np.array([0, 120, 300])
-    moments, _ = moment_features(v, h, offsets)
-    assert again.features(v, h, offsets).shape == (2, len(again.feature_names))
-    state.pop("shape")
-    state.pop("set_weight")
-    old = IndexModels.from_state(state)
-    np.testing.assert_array_equal(old.features(v, h, offsets), moments)
-    assert old.set_weight == 1 / 3
+    cells, offsets = np.stack([v, h], axis=1), np.array([0, 120, 300])
+    moments = moment_features(v, h, offsets)
+    assert model.index_features(cells, offsets, moments)[0].shape == (2, len(again.feature_names))
+
+    old = load_checkpoint(result.run_dir / "model.pt")  # written as format 1 would have been
+    old["format_version"] = 1
+    old["train_config"]["cells"] = old["train_config"].pop("set_size")
+    for key in ("shape", "set_weight"):
+        old["index_models"].pop(key)
+    old.pop("index_inputs")
+    old["digest"] = _digest(old)
+    buffer = io.BytesIO()
+    torch.save(old, buffer)
+    (tmp_path / "old.pt").write_bytes(buffer.getvalue())
+    migrated = load_model(tmp_path / "old.pt")
+    assert not migrated.index.shape and migrated.index.set_weight == 1 / 3 and migrated.index_inputs is None
+    assert migrated.set_size == model.set_size
+    np.testing.assert_array_equal(migrated.index_features(cells, offsets, moments)[0], moments[0])

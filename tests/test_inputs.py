@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from flowrbc.inputs import draw_sets, predict_all_cells, prediction_sets, predict_sets, sets_per_sample, shuffle_prefix
+from flowrbc.inputs import (draw_sets, predict_all_cells, predict_sets_each, prediction_sets,
+                            sets_per_sample, shuffle_prefix)
 from flowrbc.models import ModelConfig, build_model
 
 TARGETS = {"hematocrit": {"kind": "regression", "mean": 40.0, "std": 4.0}, "anemia": {"kind": "binary"}}
@@ -54,8 +55,8 @@ def test_draws_come_from_their_own_sample_and_average():
     sets = draw_sets(X, offsets, torch.tensor([0, 1]), 50, g)  # (2, 50, 2)
     assert (sets[0] > 50).all() and (sets[1] < 50).all()
     model = _model("deepsets++")
-    one = predict_sets(model, X, offsets, np.arange(2), TARGETS, cells=8, draws=1, seed=3)
-    many = predict_sets(model, X, offsets, np.arange(2), TARGETS, cells=8, draws=5, seed=3)
+    one = predict_sets_each(model, X, offsets, np.arange(2), TARGETS, [None], cells=8, draws=1, seed=3)[0]
+    many = predict_sets_each(model, X, offsets, np.arange(2), TARGETS, [None], cells=8, draws=5, seed=3)[0]
     assert one["hematocrit"].shape == many["hematocrit"].shape == (2,)
     assert not np.isclose(one["hematocrit"][0], many["hematocrit"][0])  # 40 cells: 5 sets of 8, another average
     assert np.isclose(one["hematocrit"][1], many["hematocrit"][1], atol=1e-5)  # 6 cells: one set either way
@@ -64,7 +65,8 @@ def test_draws_come_from_their_own_sample_and_average():
 def test_prediction_sets_cover_each_sample_before_reusing_a_cell():
     counts = [100, 10, 2000, 101]
     offsets = torch.tensor(np.concatenate([[0], np.cumsum(counts)]))
-    k, sets = prediction_sets(offsets, torch.arange(4), 25, 10, torch.Generator().manual_seed(0))
+    X, _ = _ragged(counts)
+    k, sets = prediction_sets(X, offsets, torch.arange(4), 25, 10, seed=0)
     assert k.tolist() == [4, 1, 10, 5] == sets_per_sample(np.array(counts), 25, 10).tolist()
     used = [[] for _ in counts]
     for live, rows in sets:
@@ -79,15 +81,22 @@ def test_prediction_sets_cover_each_sample_before_reusing_a_cell():
     assert (uses[3] >= 1).all() and (uses[3] <= 2).all()  # 101 cells in 5 sets: all used, none thrice
 
 
-def test_shuffle_prefix_is_uniform(monkeypatch):
-    import flowrbc.inputs as inputs
+def test_shuffle_prefix_is_uniform_over_seeds():
+    firsts, threes = [], []
+    for seed in range(4000):
+        perm = shuffle_prefix(np.array([5, 3, 5]), 4, seed)  # (3, 4)
+        assert (perm[0] == perm[2]).all()  # equal sizes, one shuffle
+        firsts.append(perm[0, 0])
+        threes.append(perm[1])
+    first5 = np.bincount(firsts, minlength=5) / 4000
+    assert np.abs(first5 - 0.2).max() < 0.03  # each cell first with probability 1/5
+    threes = np.array(threes)
+    assert (np.sort(threes[:, :3], axis=1) == np.arange(3)).all() and (threes[:, 3] >= 3).all()  # then padding
 
-    monkeypatch.setattr(inputs, "SHUFFLE_KEYS", 4096)  # several chunks
-    n = torch.tensor([5] * 20_000 + [3] * 20_000)
-    perm = shuffle_prefix(n, 4, torch.Generator().manual_seed(0))  # (40000, 4)
-    assert perm.shape == (40_000, 4)
-    first5 = np.bincount(perm[:20_000, 0].numpy(), minlength=5) / 20_000
-    assert np.abs(first5 - 0.2).max() < 0.015  # each cell first with probability 1/5
-    three = perm[20_000:, :3].sort(dim=1).values
-    assert (three == torch.arange(3)).all()  # a shuffle of range(3), then padding
-    assert (perm[20_000:, 3] >= 3).all()
+
+def test_a_sample_keeps_its_sets_in_any_batch():
+    X, offsets = _ragged([50, 50, 30])
+    _, together = prediction_sets(X, offsets, torch.arange(3), 10, 5, seed=4)
+    _, alone = prediction_sets(X, offsets, torch.tensor([1]), 10, 5, seed=4)
+    for (live, rows), (_, mine) in zip(together, alone):
+        assert torch.equal(rows[live == 1], mine)

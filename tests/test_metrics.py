@@ -59,7 +59,7 @@ def test_moment_features_match_per_sample_numpy():
         assert F[s, col["mchc"]] == pytest.approx(100 * h.mean() / v.mean())
         assert F[s, col["hemoglobin_p25"]] == pytest.approx(np.percentile(h, 25))
         assert F[s, col["volume_p95"]] == pytest.approx(np.percentile(v, 95))
-        assert F[s, col["frac_microcytic"]] == pytest.approx(np.mean(v < 80))
+        assert F[s, col["frac_volume_below_80"]] == pytest.approx(np.mean(v < 80))
     with pytest.raises(ValueError, match="sample 1 has no cells"):
         segment_percentiles(vol[:5], np.array([0, 5, 5]))
 
@@ -158,3 +158,28 @@ def test_moment_features_same_from_float32_and_float64_cells():
     F32, names = moment_features(vol, hb, offsets)
     F64, _ = moment_features(vol.astype(np.float64), hb.astype(np.float64), offsets)
     np.testing.assert_array_equal(F32, F64)
+
+
+def test_cell_terms_have_one_definition_and_the_feature_shares_keep_their_cut_offs():
+    """% hypo / % hyper of the report are the moment features frac_chc_low / high (one bound
+    each); the shares by volume and content keep 80 / 100 fL and 27 pg at their positions,
+    named by those cut-offs, not as micro- / macrocytic cells (60 / 120 fL)."""
+    from flowrbc import metrics
+    from flowrbc.report import indices
+
+    assert (indices.MICRO_FL, indices.MACRO_FL, indices.HYPO_CHC, indices.HYPER_CHC) == (60.0, 120.0, 28.0, 41.0)
+    assert indices.MICRO_FL is metrics.MICRO_FL and indices.HYPER_CHC is metrics.HYPER_CHC
+    rng = np.random.default_rng(7)
+    offsets = np.array([0, 400, 900])
+    vol = rng.lognormal(np.log(85), 0.25, 900)
+    hb = vol * rng.normal(0.33, 0.05, 900)
+    F, names = moment_features(vol, hb, offsets)
+    assert names[-5:] == ["frac_volume_below_80", "frac_volume_above_100", "frac_hemoglobin_below_27",
+                          "frac_chc_low", "frac_chc_high"]
+    assert len(names) == 29 and not [n for n in names if "micro" in n or "macro" in n or "chromic" in n]
+    ix = indices.cell_indices(vol, hb, offsets)
+    for s in range(2):
+        v, h = vol[offsets[s] : offsets[s + 1]], hb[offsets[s] : offsets[s + 1]]
+        assert F[s, -5:-2].tolist() == [np.mean(v < 80), np.mean(v > 100), np.mean(h < 27)]
+        assert F[s, -2] * 100 == pytest.approx(ix["pct_hypo"][s]) and F[s, -1] * 100 == pytest.approx(ix["pct_hyper"][s])
+        assert ix["pct_micro"][s] == pytest.approx(100 * np.mean(v < 60))

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from flowrbc import pp
-from flowrbc.simulate import simulate_cohort
+from flowrbc.synthetic.simulate import simulate_cohort
 
 
 def test_gate_drops_impossible_and_nonfinite_events_only():
@@ -37,8 +37,8 @@ def test_qc_summary_counts_and_indices():
     assert (qc["n_events"], qc["n_gated"], qc["n_nonfinite"]) == (1000, 992, 5)
     good = cells[8:]
     assert qc["mcv"] == pytest.approx(good[:, 0].mean())
-    assert qc["rdw"] == pytest.approx(100 * good[:, 0].std(ddof=1) / good[:, 0].mean())
-    assert qc["chdw"] == pytest.approx(good[:, 1].std(ddof=1))
+    assert qc["rdw"] == pytest.approx(100 * good[:, 0].std() / good[:, 0].mean())  # population SD (ddof 0)
+    assert qc["chdw"] == pytest.approx(good[:, 1].std())
     assert qc["hdw"] == pytest.approx(0.0, abs=1e-6)  # constant concentration
     assert qc["nonfinite_events"] and not qc["too_few_cells"] and not qc["many_gated_out"]
 
@@ -62,6 +62,36 @@ def test_qc_by_sample_equals_per_sample_summary():
         for k in ("n_gated", "n_nonfinite", "mcv", "rdw", "hdw"):
             assert qc[k][i] == pytest.approx(one[k])
     assert qc["n_nonfinite"][0] == 1
+
+
+def test_qc_by_sample_sds_are_the_moment_features_sds_with_empty_samples():
+    """One SD: qc_by_sample's rdw / chdw / hdw are ``metrics.segment_mean_sd`` of the gated cells
+    (population SD), with samples of no events or no gated cell, and blocks cutting samples."""
+    from flowrbc.metrics import segment_mean_sd
+
+    rng = np.random.default_rng(4)
+    counts = np.array([0, 300, 5, 0, 40, 1, 250])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    v = rng.lognormal(np.log(88), 0.13, offsets[-1])
+    cells = np.column_stack([v, v * rng.normal(0.335, 0.02, len(v))])
+    cells[300:305] = [5.0, 1.0]  # sample 2: debris only
+    cells[1, 0] = np.nan
+    for block in (1 << 22, 100, 1):
+        qc = pp.qc_by_sample(cells.astype(np.float32), offsets, block=block)
+        np.testing.assert_array_equal(qc["n_events"], counts)
+        assert list(qc["n_nonfinite"]) == [0, 1, 0, 0, 0, 0, 0]
+        assert list(qc["n_gated"]) == [0, 299, 0, 0, 40, 1, 250]
+        assert np.isnan(qc["mcv"][[0, 2, 3]]).all() and np.isnan(qc["rdw"][[0, 2, 3]]).all()
+        assert qc["rdw"][5] == 0.0  # one cell: SD 0
+        for i in (1, 4, 5, 6):
+            x = cells[offsets[i] : offsets[i + 1]].astype(np.float32).astype(np.float64)
+            x = x[pp.rbc_gate(x[:, 0], x[:, 1])]
+            mean, sd = segment_mean_sd(x[:, 0], np.array([0, len(x)]))
+            assert qc["mcv"][i] == mean[0] and qc["rdw"][i] == 100 * sd[0] / mean[0]
+            assert qc["chdw"][i] == segment_mean_sd(x[:, 1], np.array([0, len(x)]))[1][0]
+            assert qc["hdw"][i] == segment_mean_sd(100 * x[:, 1] / x[:, 0], np.array([0, len(x)]))[1][0]
+            assert qc["rdw"][i] == pytest.approx(100 * x[:, 0].std() / x[:, 0].mean(), rel=1e-12)
+    assert pp.qc_flags(qc)["too_few_cells"].tolist() == [True, False, True, True, True, True, False]
 
 
 def _adata(cells, sample_ids=None):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from flowrbc.errors import ChannelError, FlowrbcError
-from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.io.builtin import synthetic_cohort
 from flowrbc.io.fcs import read_fcs_data, write_fcs_arrays
 from flowrbc.predict import expand_inputs, load_model, predict_file
-from flowrbc.simulate import write_simulated
+from flowrbc.synthetic.simulate import write_simulated
 from flowrbc.train import TrainConfig, train_cohort
 
-TINY = dict(width=16, depth=1, cells=64, epochs=1, batch_size=16, draws=2, device="cpu")
+TINY = dict(width=16, depth=1, set_size=64, epochs=1, batch_size=16, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_prediction_fields_and_determinism(run):
     a = predict_file(model, path, seed=1).to_dict()
     b = predict_file(model, path, seed=1).to_dict()
     assert a == b
-    assert a["cells_used"] == 300 and a["draws"] == min(10, -(-300 // model.cells))  # ⌈300 / N⌉ disjoint sets
+    assert a["cells_used"] == 300 and a["draws"] == min(10, -(-300 // model.set_size))  # ⌈300 / N⌉ disjoint sets
     assert a["hematocrit_low"] < a["hematocrit"] < a["hematocrit_high"]
     assert 0.0 <= a["anemia_probability"] <= 1.0
     assert a["anemia"] == (a["anemia_probability"] >= 0.5)
@@ -125,7 +125,7 @@ def test_all_cells_streams_every_gated_cell_like_the_whole_set(tmp_path):
     import torch
 
     from flowrbc import pp
-    from flowrbc.predict import decode_outputs
+    from flowrbc.inputs import decode_outputs
 
     cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
     config = TrainConfig(**{**TINY, "model": "slot_set", "hybrid": False, "index_inputs": False})  # cells only
@@ -199,7 +199,7 @@ def test_predict_feeds_the_index_features_to_the_set_model(tmp_path):
 
     from flowrbc import pp
     from flowrbc.hybrid import index_features
-    from flowrbc.inputs import decoder_inputs, predict_sets
+    from flowrbc.inputs import decoder_inputs, predict_sets_each
 
     cohort = synthetic_cohort(n_patients=60, n_cells=64, seed=4)
     result = train_cohort(cohort, TrainConfig(**{**TINY, "hybrid": False}), tmp_path / "run", plots=False)
@@ -219,9 +219,41 @@ def test_predict_feeds_the_index_features_to_the_set_model(tmp_path):
 
     def value(side):
         inputs = decoder_inputs(cov, side, 2)
-        return float(predict_sets(model.model, X, offsets, np.array([0]), model.targets, cells=model.cells, draws=2,
-                                  seed=1, covariates=inputs)["hematocrit"][0])
+        return float(predict_sets_each(model.model, X, offsets, np.array([0]), model.targets, [inputs],
+                                       cells=model.set_size, draws=2, seed=1)[0]["hematocrit"][0])
 
     side = torch.from_numpy(model.index_inputs.encode(F))
     assert got == pytest.approx(value(side), abs=1e-5)
     assert abs(value(torch.zeros_like(side)) - got) > 1e-3
+
+
+def test_predict_gates_a_file_as_ingest_does_and_flags_it_alike(run, tmp_path):
+    """The prediction's cells are the cohort's cells of the same file (float64 vs the cohort's
+    float32), and its sample-level QC flags are the cohort QC's; the cells are not serialised."""
+    import pandas as pd
+
+    from flowrbc.io.ingest import ingest_fcs
+    from flowrbc.io.sample import load_sample
+
+    model = load_model(run[0])
+    rng = np.random.default_rng(5)
+    v = rng.normal(90, 9, 150)
+    cells = np.column_stack([v, v * rng.normal(33.5, 2.0, 150) / 100])
+    outside = [[5.0, 1.0]] * 60 + [[400.0, 30.0], [90.0, 200.0]] + [[np.nan, 30.0]] * 3  # gated out
+    events = np.concatenate([cells, outside])[rng.permutation(215)].astype(np.float32)
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    write_fcs_arrays(folder / "odd.fcs", events, ["RBC Volume", "RBC Hb"], keywords={"FLOWRBC_SEX": "F"})
+    pd.DataFrame({"sample_id": ["odd"], "file": ["odd.fcs"], "hematocrit": [40.0]}).to_csv(folder / "c.csv", index=False)
+    cohort = ingest_fcs(folder, folder / "c.csv").cohort
+
+    pred = predict_file(model, folder / "odd.fcs", seed=1)
+    assert pred.cells.dtype == np.float64 and pred.cells.shape == (150, 2)
+    np.testing.assert_array_equal(pred.cells, load_sample(folder / "odd.fcs").cells)
+    np.testing.assert_array_equal(pred.cells.astype(np.float32), cohort.sample_cells(0))
+    row = cohort.samples.iloc[0]
+    assert (pred.n_events, pred.cells_used) == (int(row["n_events"]), int(row["n_gated"])) == (215, 150)
+    stored = [k.removeprefix("flag_") for k in row.index if k.startswith("flag_") and row[k]]
+    assert stored == ["too_few_cells", "many_gated_out", "nonfinite_events"]
+    assert [f for f in pred.qc_flags if f in stored] == stored
+    assert "cells" not in pred.to_dict() and "cells=" not in repr(pred)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from flowrbc.errors import FlowrbcError
-from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.io.builtin import synthetic_cohort
 from flowrbc.train import TrainConfig, train_cohort
 
-TINY = dict(width=16, depth=1, cells=32, epochs=3, batch_size=16, draws=2, device="cpu", seed=5)
+TINY = dict(width=16, depth=1, set_size=32, epochs=3, batch_size=16, device="cpu", seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -67,34 +67,28 @@ def test_covariates_enter_model_calibration_and_metrics(cohort, tmp_path):
         train_cohort(cohort, TrainConfig(**TINY, covariates=("bmi",)), tmp_path / "bad", plots=False)
 
 
-def test_covariate_dropout_hides_a_share_of_values():
-    from flowrbc.train import covariate_dropout
-
-    cov = torch.ones(4000, 2)
-    g = torch.Generator().manual_seed(0)
-    out = covariate_dropout(cov, 0.2, g)
-    assert set(out.unique().tolist()) == {0.0, 1.0}
-    assert abs(float((out == 0).float().mean()) - 0.2) < 0.02
-    assert torch.equal(covariate_dropout(cov, 0.0, g), cov)
-
-
 def test_index_inputs_follow_the_covariates_and_survive_covariate_dropout(cohort, tmp_path):
     """The decoder reads [covariates, encoded index features]; dropout hides covariates only;
     --cells-only trains a model without them."""
     from flowrbc.checkpoint import load_checkpoint
     from flowrbc.hybrid import index_features
-    from flowrbc.train import _CohortData
+    from flowrbc.prepare import TrainingData
 
-    data = _CohortData(cohort, TrainConfig(**TINY), torch.device("cpu"))
-    F, names = index_features(data.raw[:, 0], data.raw[:, 1], data.offsets_np)
-    assert data.index_inputs.names == names and data.decoder_width == 2 + len(names)
-    enc = data.side[torch.as_tensor(data.split["train"])]
+    data = TrainingData.of(cohort, targets=None, covariates=None, index_inputs=True, set_size=32,
+                           device=torch.device("cpu"))
+    prep = data.prep
+    F, names = index_features(prep.raw[:, 0], prep.raw[:, 1], prep.offsets_np)
+    assert data.predictor.index_inputs.names == names and data.decoder_width == 2 + len(names)
+    side = prep.encoded_features
+    enc = side[torch.as_tensor(data.split["train"])]
     assert enc.mean(0).abs().max() < 0.3 and enc.abs().max() <= 6.0  # standardised on train, clipped
-    idx = torch.arange(40)
-    inputs = data.decoder_inputs(idx, dropout=0.9, generator=torch.Generator().manual_seed(0))
-    assert (inputs[:, :2] == 0).float().mean() > 0.7  # covariates mostly "unknown"
-    torch.testing.assert_close(inputs[:, 2:], data.side[idx])  # index inputs always there
-    np.testing.assert_allclose(data.side[idx].numpy(), data.index_inputs.encode(F[:40]), rtol=0, atol=0)
+    idx = torch.arange(4000) % prep.n
+    inputs = data.decoder_inputs(idx, dropout=0.2, generator=torch.Generator().manual_seed(0))
+    known = data.decoder_inputs(idx)
+    hidden = (inputs[:, :2] == 0) & (known[:, :2] != 0)
+    assert abs(float(hidden.float().mean()) - 0.2) < 0.03  # each covariate "unknown" at the dropout rate
+    torch.testing.assert_close(inputs[:, 2:], side[idx])  # index inputs always there
+    np.testing.assert_allclose(side[:40].numpy(), data.predictor.index_inputs.encode(F[:40]), rtol=0, atol=0)
 
     train_cohort(cohort, TrainConfig(**TINY, index_inputs=False), tmp_path / "cells", plots=False)
     payload = load_checkpoint(tmp_path / "cells" / "model.pt")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowrbc.cli import app
+from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
     OutOpt,
@@ -51,7 +51,7 @@ def simulate(
     with user_errors():
         import pandas as pd
 
-        from flowrbc.simulate import simulate_cohort, summary_table, write_simulated
+        from flowrbc.synthetic.simulate import simulate_cohort, summary_table, write_simulated
 
         with progress() as bar:
             task = bar.add_task("writing FCS", total=patients, status="")

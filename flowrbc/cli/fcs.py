@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowrbc.cli import app
+from flowrbc.cli._app import app
 from flowrbc.cli._common import ChannelOpt, ScaleOpt, console, parse_channel_map, parse_scale_map, user_errors
 from flowrbc.cli._format import number
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowrbc.cli import app
+from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
     ScaleOpt,
@@ -71,13 +71,13 @@ def report(
     if cohorts and len(inputs) > 1:
         fail(f"{cohorts[0]}: a cohort report takes one .h5ad and nothing else")
     with user_errors():
-        loaded = _load(model)
+        predictor = _load(model)
         if cohorts:
             from flowrbc.io.cohort import read_cohort
             from flowrbc.report import report_cohort
 
             with err_console.status("rendering the cohort report"):
-                result = report_cohort(loaded, read_cohort(cohorts[0]), out, split=split, seed=seed, pages=pages)
+                result = report_cohort(predictor, read_cohort(cohorts[0]), out, split=split, seed=seed, pages=pages)
             console.print(f"wrote {result.index} and {len(result.pages)} patient pages", highlight=False)
             return
         from flowrbc.predict import expand_inputs
@@ -86,7 +86,7 @@ def report(
         paths = expand_inputs(inputs)
         if not paths:
             fail("no FCS files matched " + " ".join(inputs))
-        result = report_files(loaded, paths, out, overrides=overrides, coverage=coverage, seed=seed,
+        result = report_files(predictor, paths, out, overrides=overrides, coverage=coverage, seed=seed,
                               covariates=covariates, rbc_count=rbc_count, scales=scales,
                               on_page=lambda p: console.print(f"wrote {p}", highlight=False))
         for _, message in result.failed:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowrbc.cli import app
+from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
     Device,
@@ -35,7 +35,7 @@ CoverageOpt = Annotated[Optional[float], typer.Option("--coverage", help="Nomina
 def _load_cohort(path: Optional[Path], patients: Optional[int] = None, cells: Optional[int] = None, seed: int = 0):
     """The cohort file, or the built-in synthetic cohort (generated once, then cached)."""
     if path is None:
-        from flowrbc.io.cohort import DEFAULT_CELLS, DEFAULT_PATIENTS, load_default_cohort
+        from flowrbc.io.builtin import DEFAULT_CELLS, DEFAULT_PATIENTS, load_default_cohort
 
         n, m = patients or DEFAULT_PATIENTS, cells or DEFAULT_CELLS
         with err_console.status(f"loading the built-in synthetic cohort ({n} patients × {m} cells, seed {seed})"):
@@ -93,25 +93,21 @@ def train(
         from flowrbc.train import TrainConfig, train_cohort
 
         given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, inducing=inducing,
-                     lean=lean or None, cells=set_size, epochs=epochs,
-                     batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+                     lean=lean or None, set_size=set_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, targets=tuple(target) if target else None)
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
-                             coverage=coverage, hybrid=hybrid, index_inputs=index_inputs, **({"targets": tuple(target)} if target else {}))
+                             coverage=coverage, hybrid=hybrid, index_inputs=index_inputs)
         if resume and out is None:
             out = Path("runs/latest").resolve()
         data = _load_cohort(cohort, patients, cells)
         fresh_cohort = reference = None
         if cohort is None and fresh:
-            from flowrbc.bound import exact_population_reference
-            from flowrbc.io.cohort import DEFAULT_CELLS, DEFAULT_SEED, FRESH_SEED, load_default_cohort
+            from flowrbc.assess import fresh_synthetic
 
-            with err_console.status(f"loading {fresh} fresh synthetic patients (seed {FRESH_SEED})"):
-                fresh_cohort = load_default_cohort(fresh, cells or DEFAULT_CELLS, FRESH_SEED)
-
-            def reference() -> dict:
-                return exact_population_reference(data.samples, DEFAULT_SEED, fresh_cohort.samples, FRESH_SEED)
+            with err_console.status(f"loading {fresh} fresh synthetic patients"):
+                fresh_cohort, reference = fresh_synthetic(data, fresh, cells)
         with progress() as bar:
             task = bar.add_task("training", total=config.epochs, status="")
 
@@ -126,105 +122,10 @@ def train(
             result = train_cohort(data, config, out, resume=resume, progress=report, fresh=fresh_cohort,
                                   reference=reference, log=lambda m: err_console.print(m, highlight=False))
         if result.metrics:
+            from flowrbc.cli._results import print_comparison
+
             print_comparison(result.metrics)
             console.print(f"run: {result.run_dir}  (model.pt, metrics.json, plots)")
-
-
-def print_comparison(metrics: dict) -> None:
-    """Model vs moment baseline vs bound per target: on the test split and, when there is
-    one, on the fresh cohort; model − baseline as a paired difference ± SE."""
-    for key, title in (("test", "test split"), ("fresh", "fresh cohort (independent; never used for a choice)")):
-        if key in metrics:
-            _comparison_table(metrics[key], f"{title}: {metrics[key].get('n', '?')} samples")
-            _set_model_line(metrics[key])
-            _reference_line(metrics[key])
-    bound = metrics.get("fresh", metrics.get("test", {})).get("bound", {})
-    if bound:
-        console.print("* bound: the best prediction from the patient's cell population (infinitely many cells), "
-                      "sex and age — no predictor of the cells can beat it in expectation (synthetic cohorts; "
-                      + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
-                      + "flowrbc.bound)", highlight=False)
-    if metrics.get("predictor") == "hybrid":
-        console.print("model: hematocrit = half the set model, half the mean of two models of the index features "
-                      "(analyser indices + distribution shape; flowrbc.hybrid); anemia = the set model"
-                      + (", whose decoder reads the index features too" if metrics.get("index_inputs") else ""),
-                      highlight=False)
-    console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
-                  "better by more than 2 SE, otherwise a tie", highlight=False)
-    cal = metrics.get("calibration", {})
-    test = metrics.get("test", {}).get("model", {})
-    if "hematocrit" in cal and "hematocrit" in test:
-        console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
-                      f"{cal['hematocrit']['coverage']:.0%}: test coverage {test['hematocrit']['coverage']:.1%}")
-    if "anemia" in cal and "anemia" in test:
-        console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
-                      f"{test['anemia']['ece_uncalibrated']:.3f} -> {test['anemia']['ece']:.3f}")
-
-
-def _set_model_line(scores: dict) -> None:
-    """The set model alone, where the predictor averaged it with the index models."""
-    from flowrbc.evaluation import verdict
-
-    alone = scores.get("set_model")
-    if not alone:
-        return
-    parts = []
-    for name, m in alone["model"].items():
-        d = alone["paired"].get(name, {}).get("mse")
-        if "mse" in m and d:
-            tag = {"better": " ✓", "worse": " ✗", "tie": ""}[verdict(d, lower_is_better=True)]
-            parts.append(f"{'Hct' if name == 'hematocrit' else name} MSE {m['mse']:.3g} "
-                         f"(Δ paired {d['diff']:+.3f} ± {d['se']:.3f}{tag})")
-    if parts:
-        console.print("  set model alone: " + "; ".join(parts), highlight=False)
-
-
-def _reference_line(scores: dict) -> None:
-    """The model given the exact population parameters, and how much of the baseline's gap to
-    it the predictor closes (built-in cohort, fresh patients)."""
-    from flowrbc.evaluation import verdict
-
-    ref = scores.get("reference", {})
-    m, d = ref.get("model", {}).get("hematocrit"), ref.get("paired", {}).get("hematocrit", {}).get("mse")
-    base, model = scores["baseline"].get("hematocrit"), scores["model"].get("hematocrit")
-    if not (m and d and base and model):
-        return
-    gap = base["mse"] - m["mse"]
-    closed = f"; the model closes {(base['mse'] - model['mse']) / gap:.0%} of the baseline's gap to it" if gap > 0 else ""
-    tag = {"better": " ✓", "worse": " ✗", "tie": ""}[verdict(d, lower_is_better=True)]
-    console.print(f"  exact population parameters (learned from the same training patients): Hct MSE {m['mse']:.3g} "
-                  f"± {m['mse_se']:.2f}; model − it {d['diff']:+.3f} ± {d['se']:.3f}{tag}{closed}", highlight=False)
-
-
-def _comparison_table(scores: dict, title: str) -> None:
-    """One row per metric; fits 80 columns."""
-    from rich.table import Table
-
-    from flowrbc.evaluation import verdict
-
-    unknown = scores.get("model_covariates_unknown")
-    table = Table(title=title)
-    cols = ["metric", "model"] + (["no sex/age"] if unknown else []) + ["baseline", "Δ paired", "bound*"]
-    for col in cols:
-        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
-    shown = {"regression": (("mse", "MSE"), ("mae", "MAE"), ("r2", "R²"), ("coverage", "coverage")),
-             "binary": (("accuracy", "accuracy"), ("auroc", "AUROC"), ("brier", "Brier"), ("ece", "ECE"))}
-    bound_key = {"mse": "mse_realized"}
-    for name, m in scores["model"].items():
-        kind = "binary" if "accuracy" in m else "regression"
-        paired = scores.get("paired", {}).get(name, {})
-        label = "Hct" if name == "hematocrit" else name
-        for key, shown_as in shown[kind]:
-            base = scores.get("baseline", {}).get(name, {}).get(key)
-            orc = scores.get("bound", {}).get(name, {}).get(bound_key.get(key, key))
-            extra = [_fmt(unknown.get(name, {}).get(key))] if unknown else []
-            diff = "-"
-            if key in paired:
-                d = paired[key]
-                better = verdict(d, lower_is_better=key != "auroc")
-                diff = f"{d['diff']:+.3f} ± {d['se']:.3f}" + {"better": " ✓", "worse": " ✗", "tie": ""}[better]
-            table.add_row(f"{label} {shown_as}", _fmt(m.get(key)), *extra, _fmt(base), diff, _fmt(orc))
-    console.print(table)
 
 
 @app.command()
@@ -237,7 +138,7 @@ def evaluate(
 ) -> None:
     """Metrics of a checkpoint on a cohort's split."""
     with user_errors():
-        from flowrbc.embed import evaluate_cohort
+        from flowrbc.evaluate import evaluate_cohort
         from flowrbc.io.cohort import read_cohort
 
         result = evaluate_cohort(model, read_cohort(cohort), split=split, seed=seed)
@@ -295,16 +196,18 @@ def predict(
             if model == DEFAULT_MODEL:
                 fail(f"no model at {DEFAULT_MODEL}: run `flowrbc train` first")
             fail(f"{model}: no such checkpoint")
-        loaded = load_model(path)
+        predictor = load_model(path)
         paths = expand_inputs(files)
         if not paths:
             fail("no FCS files matched " + " ".join(files))
         results, failed = [], 0
         for p in paths:
             try:
-                results.append(predict_file(loaded, p, overrides=overrides, coverage=coverage,
-                                            all_cells=all_cells, seed=seed, covariates=covariates,
-                                            scales=scales))
+                result = predict_file(predictor, p, overrides=overrides, coverage=coverage, all_cells=all_cells,
+                                      seed=seed, covariates=covariates, scales=scales)
+                if report is None:
+                    result.cells = None  # a page needs them; a table row does not
+                results.append(result)
             except (FlowrbcError, OSError) as exc:
                 failed += 1
                 msg = str(exc) if isinstance(exc, FlowrbcError) else f"{p}: {exc.strerror or exc}"
@@ -313,7 +216,7 @@ def predict(
         if report is not None and results:
             from flowrbc.report import write_patient_pages
 
-            pages = write_patient_pages(loaded, results, report, overrides=overrides, seed=seed)
+            pages = write_patient_pages(predictor, results, report, seed=seed)
             err_console.print(f"wrote {len(pages)} report page(s) to {report}", highlight=False)
         if failed:
             raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowrbc.cli import app
+from flowrbc.cli._app import app
 from flowrbc.cli._common import DeviceOpt, Format, FormatOpt, SeedOpt, console, fail, progress, user_errors
 
 TASK_HELP = (

@@ -16,8 +16,8 @@ _EXPORTS = {
     "Cohort": "cohort",
     "read_cohort": "cohort",
     "write_cohort": "cohort",
-    "synthetic_cohort": "cohort",
-    "load_default_cohort": "cohort",
+    "synthetic_cohort": "builtin",
+    "load_default_cohort": "builtin",
     "ingest_fcs": "ingest",
     "import_flowrbc_h5": "flowrbc_h5",
 }

@@ -3,7 +3,8 @@
 A role is found by its aliases among the channel names ($PnN) and labels ($PnS), compared
 after normalisation: lower case, units in brackets dropped ("RBC Volume [fL]" -> "rbcvolume"),
 spaces, underscores, hyphens and dots removed. The user may override any role by channel
-name or label (``--channel volume=FSC-A``).
+name or label (``--channel volume=FSC-A``); a checkpoint's own channel names come before the
+aliases (``select_channels``).
 """
 
 from __future__ import annotations
@@ -84,3 +85,22 @@ def resolve_channels(
             f"no channel found for {', '.join(missing)} (available: {available}); "
             f"map one with --channel {missing[0]}=NAME")
     return {r: out[r] for r in roles}
+
+
+def select_channels(
+    names: Sequence[str],
+    labels: Sequence[str | None] | None,
+    roles: Sequence[str] = ROLES,
+    known: Sequence[tuple[str, str]] = (),
+    overrides: dict[str, str] | None = None,
+) -> list[int]:
+    """Column of each role, in ``roles`` order: ``overrides`` (role -> channel name or label)
+    first, then ``known`` ``(role, channel)`` pairs (the channels a checkpoint was trained on,
+    matched to a name or label case-insensitively), then the aliases of ``resolve_channels``:
+    a checkpoint trained on FSC-A reads a file's FSC-A without ``--channel``. Raises
+    ``ChannelError`` as ``resolve_channels`` does."""
+    lowered = {str(n).lower(): str(n) for n in names} | {str(lab).lower(): str(lab) for lab in labels or () if lab}
+    wanted = {role: lowered[ch.lower()] for role, ch in known if ch.lower() in lowered}
+    wanted.update(overrides or {})
+    found = resolve_channels(names, labels, wanted, roles=roles)
+    return [found[r] for r in roles]

@@ -11,6 +11,9 @@ table; ``uns["offsets"]``. The file is written with h5py following anndata's on-
 strings: the obs index is stored as fixed-width ASCII (zero-padded cell numbers), and the
 categorical codes and index are written in blocks, compressed. ``read_cohort`` reads ``X``,
 ``offsets`` and the sample table directly (no obs scan).
+
+The element encodings themselves are in ``flowrbc.io._h5ad``; the built-in synthetic cohort
+and its cache in ``flowrbc.io.builtin``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from flowrbc.errors import CohortError
+from flowrbc.io._h5ad import (
+    read_elem,
+    set_encoding,
+    write_array,
+    write_dataframe,
+    write_dict_group,
+    write_scalar_string,
+    write_strings,
+)
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
@@ -202,152 +214,7 @@ def add_qc_columns(samples, X: np.ndarray, offsets: np.ndarray) -> None:
         samples[f"flag_{k}"] = v
 
 
-# --------------------------------------------------------------------------- synthetic
-
-
-def synthetic_cohort(n_patients: int = 2000, n_cells: int = 1000, seed: int = 0) -> Cohort:
-    """The simulated cohort (``flowrbc.simulate``) with the RBC gate applied, QC columns and
-    a train/val/test split; same arguments, same cohort. The cohort-level figures of the
-    cell bound (``flowrbc.bound``) are kept in ``cohort.samples.attrs["bound"]``."""
-    from flowrbc import pp
-    from flowrbc.simulate import CHANNELS, GENERATOR_VERSION, simulate_cohort
-
-    sim = simulate_cohort(n_patients, n_cells, seed=seed)
-    samples = sim.samples.set_index("sample_id")
-    X, offsets = sim.cells, sim.offsets
-    keep = pp.rbc_gate(X[:, 0], X[:, 1])
-    n_events = np.diff(offsets)
-    if not keep.all():  # drop the (rare) tail events the gate rejects, as ingest would
-        kept = np.add.reduceat(keep.astype(np.int64), offsets[:-1]) if len(X) else n_events
-        X = X[keep]
-        offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-    samples["n_cells"] = np.diff(offsets)
-    samples["n_events"] = n_events
-    samples["n_gated"] = np.diff(offsets)
-    samples["n_nonfinite"] = np.zeros(len(samples), dtype=np.int64)
-    add_qc_columns(samples, X, offsets)
-    samples["split"] = assign_splits(len(samples), seed)
-    samples.attrs["bound"] = sim.bound
-    return Cohort(
-        X=X, offsets=offsets, samples=samples, channels=list(CHANNELS),
-        roles={"volume": CHANNELS[0], "hemoglobin": CHANNELS[1]},
-        source=f"synthetic v{GENERATOR_VERSION} n={n_patients} cells={n_cells} seed={seed}",
-    )
-
-
-def cache_dir() -> Path:
-    """``$FLOWRBC_CACHE`` or ``~/.cache/flowrbc``."""
-    env = os.environ.get("FLOWRBC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "flowrbc"
-
-
-DEFAULT_PATIENTS = 2000
-DEFAULT_CELLS = 1000
-DEFAULT_SEED = 0
-FRESH_SEED = 1_000_003  # the independent cohort `flowrbc train` scores once; no choice ever sees it
-
-
-def default_cohort_path(n_patients: int = DEFAULT_PATIENTS, n_cells: int = DEFAULT_CELLS, seed: int = DEFAULT_SEED) -> Path:
-    from flowrbc.simulate import GENERATOR_VERSION
-
-    name = f"synthetic-g{GENERATOR_VERSION}-f{FORMAT_VERSION}-p{n_patients}-c{n_cells}-s{seed}.h5ad"
-    return cache_dir() / name
-
-
-def load_default_cohort(n_patients: int = DEFAULT_PATIENTS, n_cells: int = DEFAULT_CELLS, seed: int = DEFAULT_SEED) -> Cohort:
-    """The built-in synthetic cohort, read from the cache or generated and cached (a cache
-    file that cannot be read is regenerated)."""
-    path = default_cohort_path(n_patients, n_cells, seed)
-    if path.exists():
-        try:
-            return read_cohort(path)
-        except (CohortError, OSError, KeyError):
-            pass
-    cohort = synthetic_cohort(n_patients, n_cells, seed)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_cohort(cohort, path)
-    except OSError:  # a read-only home is no reason to fail; just don't cache
-        pass
-    return cohort
-
-
 # --------------------------------------------------------------------------- h5ad writing
-
-
-def _attrs(obj, kind: str, version: str = "0.2.0") -> None:
-    obj.attrs["encoding-type"] = kind
-    obj.attrs["encoding-version"] = version
-
-
-def _write_array(g, name: str, data: np.ndarray, **kw):
-    d = g.create_dataset(name, data=data, **kw)
-    _attrs(d, "array")
-    return d
-
-
-def _write_strings(g, name: str, values) -> None:
-    import h5py
-
-    arr = np.array([str(v) for v in values], dtype=object)
-    d = g.create_dataset(name, data=arr, dtype=h5py.string_dtype())
-    _attrs(d, "string-array")
-
-
-def _write_categorical(g, name: str, codes: np.ndarray, categories, ordered: bool = False) -> None:
-    cg = g.create_group(name)
-    _attrs(cg, "categorical")
-    cg.attrs["ordered"] = bool(ordered)
-    _write_strings(cg, "categories", categories)
-    _write_array(cg, "codes", codes)
-
-
-def _write_column(g, name: str, col) -> None:
-    import pandas as pd
-
-    dtype = col.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        _write_categorical(g, name, col.cat.codes.to_numpy(), col.cat.categories.astype(str), dtype.ordered)
-    elif isinstance(dtype, pd.BooleanDtype) or isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype):
-        kind = "nullable-boolean" if isinstance(dtype, pd.BooleanDtype) else "nullable-integer"
-        ng = g.create_group(name)
-        _attrs(ng, kind, "0.1.0")
-        _write_array(ng, "values", col.to_numpy(dtype=dtype.numpy_dtype, na_value=0))
-        _write_array(ng, "mask", col.isna().to_numpy())
-    elif dtype.kind in "biuf":
-        _write_array(g, name, col.to_numpy())
-    else:  # strings (object or pandas string dtype)
-        if col.isna().any():
-            cat = pd.Categorical(col.astype(object).where(col.notna(), None))
-            _write_categorical(g, name, cat.codes, cat.categories.astype(str))
-        else:
-            _write_strings(g, name, col.astype(str))
-
-
-def _write_dataframe(g, name: str, df) -> None:
-    dg = g.create_group(name)
-    _attrs(dg, "dataframe")
-    index_name = df.index.name or "_index"
-    if index_name in df.columns:
-        index_name = "_index"
-    dg.attrs["_index"] = index_name
-    dg.attrs["column-order"] = np.array([str(c) for c in df.columns], dtype=object)
-    _write_strings(dg, index_name, df.index.astype(str))
-    for c in df.columns:
-        _write_column(dg, str(c), df[c])
-
-
-def _write_dict_group(g, name: str):
-    sub = g.create_group(name)
-    _attrs(sub, "dict", "0.1.0")
-    return sub
-
-
-def _write_scalar_string(g, name: str, value: str) -> None:
-    import h5py
-
-    d = g.create_dataset(name, data=value, dtype=h5py.string_dtype())
-    _attrs(d, "string")
 
 
 def _cell_names(lo: int, hi: int, width: int) -> np.ndarray:
@@ -369,53 +236,53 @@ def write_cohort(cohort: Cohort, path) -> Path:
     n, C = cohort.X.shape
     try:
         with h5py.File(tmp, "w") as f:
-            _attrs(f, "anndata", "0.1.0")
+            set_encoding(f, "anndata", "0.1.0")
             rows = max(1, min(n, 1 << 18))
-            _write_array(f, "X", cohort.X, chunks=(rows, C) if n else None)
+            write_array(f, "X", cohort.X, chunks=(rows, C) if n else None)
 
             obs = f.create_group("obs")
-            _attrs(obs, "dataframe")
+            set_encoding(obs, "dataframe")
             obs.attrs["_index"] = "_index"
             obs.attrs["column-order"] = np.array(["sample_id"], dtype=object)
             width = max(1, len(str(max(n - 1, 0))))
             comp = dict(compression="gzip", compression_opts=1, shuffle=True)
             idx = obs.create_dataset("_index", shape=(n,), dtype=f"S{width}", chunks=(rows,) if n else None,
                                      **(comp if n else {}))
-            _attrs(idx, "string-array")
+            set_encoding(idx, "string-array")
             sg = obs.create_group("sample_id")
-            _attrs(sg, "categorical")
+            set_encoding(sg, "categorical")
             sg.attrs["ordered"] = False
-            _write_strings(sg, "categories", cohort.samples.index.astype(str))
+            write_strings(sg, "categories", cohort.samples.index.astype(str))
             code_dtype = np.int8 if cohort.n_samples < 2**7 else np.int16 if cohort.n_samples < 2**15 else np.int32
             codes = sg.create_dataset("codes", shape=(n,), dtype=code_dtype, chunks=(rows,) if n else None,
                                       **(comp if n else {}))
-            _attrs(codes, "array")
+            set_encoding(codes, "array")
             for lo in range(0, n, _BLOCK):
                 hi = min(n, lo + _BLOCK)
                 idx[lo:hi] = _cell_names(lo, hi, width)
                 codes[lo:hi] = row_owners(cohort.offsets, lo, hi).astype(code_dtype)
 
             var = f.create_group("var")
-            _attrs(var, "dataframe")
+            set_encoding(var, "dataframe")
             var.attrs["_index"] = "_index"
             var.attrs["column-order"] = np.array(["role"], dtype=object)
-            _write_strings(var, "_index", cohort.channels)
+            write_strings(var, "_index", cohort.channels)
             role_of = {ch: r for r, ch in cohort.roles.items()}
-            _write_strings(var, "role", [role_of.get(c, "") for c in cohort.channels])
+            write_strings(var, "role", [role_of.get(c, "") for c in cohort.channels])
 
-            uns = _write_dict_group(f, "uns")
-            _write_dataframe(uns, "samples", cohort.samples)
-            _write_array(uns, "offsets", cohort.offsets)
-            _write_scalar_string(uns, "source", cohort.source)
+            uns = write_dict_group(f, "uns")
+            write_dataframe(uns, "samples", cohort.samples)
+            write_array(uns, "offsets", cohort.offsets)
+            write_scalar_string(uns, "source", cohort.source)
             fv = uns.create_dataset("flowrbc_cohort_format", data=np.int64(FORMAT_VERSION))
-            _attrs(fv, "numeric-scalar")
+            set_encoding(fv, "numeric-scalar")
             bound = cohort.samples.attrs.get("bound")
             if bound:
-                og = _write_dict_group(uns, "bound")
+                og = write_dict_group(uns, "bound")
                 for k, v in bound.items():
-                    _attrs(og.create_dataset(k, data=np.float64(v)), "numeric-scalar")
+                    set_encoding(og.create_dataset(k, data=np.float64(v)), "numeric-scalar")
             for name in ("layers", "obsm", "obsp", "varm", "varp"):
-                _write_dict_group(f, name)
+                write_dict_group(f, name)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -424,38 +291,6 @@ def write_cohort(cohort: Cohort, path) -> Path:
 
 
 # --------------------------------------------------------------------------- h5ad reading
-
-
-def _read_elem(obj):
-    """Decode the anndata encodings the sample table uses (others via anndata itself)."""
-    import pandas as pd
-
-    kind = obj.attrs.get("encoding-type", "array")
-    if kind == "array":
-        return obj[()]
-    if kind == "string-array":
-        return obj.asstr()[()].astype(object)
-    if kind == "categorical":
-        cats = _read_elem(obj["categories"])
-        return pd.Categorical.from_codes(obj["codes"][()], categories=cats, ordered=bool(obj.attrs.get("ordered", False)))
-    if kind in ("nullable-integer", "nullable-boolean"):
-        values, mask = obj["values"][()], obj["mask"][()]
-        cls = pd.arrays.BooleanArray if kind == "nullable-boolean" else pd.arrays.IntegerArray
-        return cls(values, mask)
-    if kind == "string":
-        return obj.asstr()[()]
-    if kind == "numeric-scalar":
-        return obj[()].item()
-    if kind == "dataframe":
-        index_key = obj.attrs["_index"]
-        index = pd.Index(_read_elem(obj[index_key]), name=None if index_key == "_index" else index_key)
-        cols = [str(c) for c in obj.attrs.get("column-order", [])]
-        return pd.DataFrame({c: _read_elem(obj[c]) for c in cols}, index=index)
-    if kind == "dict":
-        return {k: _read_elem(v) for k, v in obj.items()}
-    from anndata.io import read_elem
-
-    return read_elem(obj)
 
 
 def open_hdf5(path: Path, kind: str = "HDF5"):
@@ -489,15 +324,15 @@ def read_cohort(path) -> Cohort:
                 if X.size:
                     Xd.read_direct(X)
                 offsets = f["uns/offsets"][()].astype(np.int64)
-                samples = _read_elem(f["uns/samples"])
+                samples = read_elem(f["uns/samples"])
                 samples.index = samples.index.astype(str)
                 samples.index.name = "sample_id"
-                channels = [str(c) for c in _read_elem(f["var/_index"])]
-                roles_col = _read_elem(f["var/role"]) if "role" in f["var"] else [""] * len(channels)
+                channels = [str(c) for c in read_elem(f["var/_index"])]
+                roles_col = read_elem(f["var/role"]) if "role" in f["var"] else [""] * len(channels)
                 roles = {str(r): ch for r, ch in zip(roles_col, channels) if isinstance(r, str) and r}
-                source = _read_elem(f["uns/source"]) if "source" in f["uns"] else str(path)
+                source = read_elem(f["uns/source"]) if "source" in f["uns"] else str(path)
                 if "bound" in f["uns"]:
-                    samples.attrs["bound"] = _read_elem(f["uns/bound"])
+                    samples.attrs["bound"] = read_elem(f["uns/bound"])
             except KeyError as exc:
                 raise CohortError(f"{path}: malformed cohort file ({exc})") from None
     if not fast:

@@ -43,7 +43,7 @@ def import_flowrbc_h5(path, *, max_samples: int | None = None, seed: int = 0, on
     import pandas as pd
 
     from flowrbc.io.cohort import Cohort, add_qc_columns, open_hdf5
-    from flowrbc.simulate import CHANNELS
+    from flowrbc.synthetic.simulate import CHANNELS
 
     path = Path(path)
     with open_hdf5(path) as f:

@@ -1,9 +1,10 @@
 """Build a cohort from a folder of FCS files and a clinical table (``flowrbc ingest``).
 
-Each file is read, its volume and hemoglobin channels resolved, rescaled when asked
-(given factors, or factors derived from the clinical MCV and MCH), its events gated and
-checked, and matched to a clinical row by the table's ``file`` column or by its sample id;
-a bad file is reported and skipped (or stops the ingest with ``strict``).
+Each file is read, its volume and hemoglobin channels resolved, matched to a clinical row by
+the table's ``file`` column or by its sample id, rescaled when asked (given factors, or
+factors derived from the clinical MCV and MCH), checked and gated, by ``flowrbc.io.sample``
+as ``flowrbc predict`` reads a file; a bad file is reported and skipped (or stops the ingest
+with ``strict``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from flowrbc.errors import CohortError
-from flowrbc.io.channels import ROLES, resolve_channels
+from flowrbc.io.channels import ROLES
 from flowrbc.io.cohort import Cohort, add_qc_columns, assign_splits
-from flowrbc.io.units import CLINICAL, apply_scales, check_units, clinical_scales, no_cells_error, reference_ranges
+from flowrbc.io.sample import gate_sample, read_sample
+from flowrbc.io.units import CLINICAL, clinical_scales
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +101,7 @@ def ingest_fcs(
     """Build a cohort from a folder of FCS files and a clinical table.
 
     Each ``*.fcs`` is read, its volume and hemoglobin channels resolved (``channels``
-    overrides, role -> name), gated (``pp.rbc_gate``) and matched to a clinical row by the
+    overrides, role -> name), gated (``io.sample``) and matched to a clinical row by the
     ``file`` column (base name) or else by sample id (keyword FLOWRBC_SAMPLE_ID or $SMNO,
     else the file stem). A file that cannot be used is skipped with its reason
     (``strict``: the first such file raises). Splits come from a ``split`` column, else
@@ -111,11 +113,7 @@ def ingest_fcs(
     stored per sample (``scale_volume``, ``scale_hemoglobin``) and summarised in
     ``IngestResult.scales``; a file still outside the units the gate knows is skipped by name.
     """
-    import pandas as pd
-
-    from flowrbc import pp
     from flowrbc.errors import FlowrbcError
-    from flowrbc.io.fcs import read_fcs_data
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -131,45 +129,35 @@ def ingest_fcs(
     parts: list[np.ndarray] = []
     rows: list[int] = []
     used_files: list[str] = []
-    qcs: list[dict] = []
+    qcs: list[dict[str, int]] = []
     applied: list[dict[str, float]] = []
     names: list[str] | None = None
     skipped: list[tuple[str, str]] = []
     for path in files:
         problem = None
         try:
-            data = read_fcs_data(path)
-            cols = resolve_channels(data.names, data.labels, channels)
+            raw = read_sample(path, overrides=channels)  # events (n_events, 2) in ROLES order
             row = by_file.get(path.name)
             if row is None:
-                sid = _sample_id_of(data.keywords, path)
+                sid = _sample_id_of(raw.keywords, path)
                 row = by_id.get(sid)
                 if row is None:
                     raise CohortError(f"{path}: no row in the clinical table (file {path.name!r}, sample id {sid!r})")
             if row in rows:
                 raise CohortError(f"{path}: clinical row {table['sample_id'].iloc[row]!r} already matched by another file")
-            x = data.events[:, [cols["volume"], cols["hemoglobin"]]]  # (n_events, 2)
-            factors = _file_scales(x, table, row, derived, scales)
-            x = apply_scales(x, ROLES, factors)  # float64
-            chans = [data.names[cols[r]] for r in ROLES]
-            check_units(path, x, ROLES, chans, reference_ranges(ROLES), factors)
-            qc = pp.qc_summary(x)
-            keep = pp.rbc_gate(x[:, 0], x[:, 1])
-            if not keep.any():
-                raise no_cells_error(path, x, ROLES, chans, factors)
+            sample = gate_sample(raw, scales=_file_scales(raw.events, table, row, derived, scales))
         except (FlowrbcError, OSError) as exc:
             problem = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             if strict:
                 raise CohortError(problem) from None
             skipped.append((str(path), problem))
         else:
-            if names is None:
-                names = [data.names[cols["volume"]], data.names[cols["hemoglobin"]]]
-            parts.append(np.ascontiguousarray(x[keep], dtype=np.float32))
+            names = names or sample.channels
+            parts.append(np.ascontiguousarray(sample.cells, dtype=np.float32))
             rows.append(row)
             used_files.append(path.name)
-            qcs.append(qc)
-            applied.append(factors)
+            qcs.append(sample.qc)
+            applied.append(sample.scales)
         if on_file is not None:
             on_file(path, problem)
     if not parts:
@@ -181,12 +169,11 @@ def ingest_fcs(
     samples.index = samples.index.astype(str)
     counts = np.array([len(p) for p in parts], dtype=np.int64)
     samples["n_cells"] = counts
-    qc_df = pd.DataFrame(qcs, index=samples.index)
     scaled_roles = [r for r in ROLES if any(r in f for f in applied)]
     for role in scaled_roles:
         samples[f"scale_{role}"] = [f.get(role, 1.0) for f in applied]
-    for k in ("n_events", "n_gated", "n_nonfinite"):  # counted on the raw events
-        samples[k] = qc_df[k].to_numpy()
+    for k in ("n_events", "n_gated", "n_nonfinite"):  # counted on the file's events, before the gate
+        samples[k] = np.array([qc[k] for qc in qcs], dtype=np.int64)
     X = np.concatenate(parts)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     add_qc_columns(samples, X, offsets)

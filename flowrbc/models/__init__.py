@@ -5,11 +5,13 @@
 ``model.embed(x, mask)`` to the pooled set embedding ``(B, D)``.
 """
 
-from flowrbc.models.config import FAMILIES, ModelConfig, build_model
-from flowrbc.models.deepsets import DeepSets, ElementBlock, ElementEncoder
+from flowrbc.models.blocks import ElementBlock, ElementEncoder
+from flowrbc.models.config import FAMILIES, ModelConfig
+from flowrbc.models.deepsets import DeepSets
 from flowrbc.models.heads import Decoder, SetModel
 from flowrbc.models.norms import FeatureNorm, LayerNorm, NoNorm, SetNorm, make_norm
 from flowrbc.models.pooling import check_set, masked_max, masked_mean, masked_min, masked_sum, pool
+from flowrbc.models.registry import build_model
 from flowrbc.models.set_transformer import ISAB, MAB, PMA, SAB, MultiHead, SetTransformer
 from flowrbc.models.slot_set import SlotReadout, SlotSetEncoder, SlotSetModel
 

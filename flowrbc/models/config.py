@@ -1,4 +1,4 @@
-"""Model configuration and the one constructor, ``build_model``.
+"""Model configuration: ``ModelConfig`` and the allowed value of each option.
 
 A ``ModelConfig`` is stored inside every checkpoint as a plain dict (``to_dict``), so a
 checkpoint rebuilds its model alone and loads with ``torch.load(weights_only=True)``.
@@ -33,7 +33,7 @@ _FAMILY_DEFAULTS = {
 
 @dataclass
 class ModelConfig:
-    """Every choice that shapes a set model. See ``build_model``."""
+    """Every choice that shapes a set model; ``build_model`` (``flowrbc.models.registry``) builds it."""
 
     family: str = "deepsets++"  # the papers' stable deep family; any depth works
     in_features: int = 2  # per-cell features: volume, hemoglobin content
@@ -134,22 +134,3 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
         return cls(**data)
-
-
-def build_model(config: ModelConfig | dict[str, Any]):
-    """Build the ``SetModel`` that ``config`` describes (a dict is read with ``from_dict``)."""
-    if isinstance(config, dict):
-        config = ModelConfig.from_dict(config)
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"config: expected ModelConfig or dict, got {type(config).__name__}")
-    if config.family.startswith("deepsets"):
-        from flowrbc.models.deepsets import DeepSets
-
-        return DeepSets(config)
-    if config.family.startswith("set_transformer"):
-        from flowrbc.models.set_transformer import SetTransformer
-
-        return SetTransformer(config)
-    from flowrbc.models.slot_set import SlotSetModel
-
-    return SlotSetModel(config)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
+from flowrbc.models.blocks import run_blocks
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
 from flowrbc.models.norms import make_norm, norm_linear
@@ -199,8 +199,7 @@ class SetTransformer(SetModel):
     def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
         h = self.input(x)  # (B, N, D)
         recompute = self.config.checkpoint and self.training and h.requires_grad
-        for block in self.blocks:
-            h = checkpoint(block, h, mask, use_reentrant=False) if recompute else block(h, mask)
+        h = run_blocks(self.blocks, h, mask, recompute)
         if self.pma is not None:
             return self.pma(h, mask)  # (B, D)
         return pool(h, mask, self.config.pooling)

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowrbc.models.blocks import ElementEncoder
 from flowrbc.models.config import ModelConfig
-from flowrbc.models.deepsets import ElementEncoder
 from flowrbc.models.heads import SetModel
 from flowrbc.models.pooling import check_set
 

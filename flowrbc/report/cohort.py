@@ -2,8 +2,8 @@
 anemia calibration, the error by condition and sex, and links to per-patient pages
 (``patients/<sample>.html``) drawn from the cohort's own cells.
 
-Predictions are those of ``flowrbc evaluate`` (``flowrbc.embed.predictions``: the same draws,
-seed and calibration), with the hematocrit interval the checkpoint's conformal half-width.
+Predictions are those of ``flowrbc evaluate``: the checkpoint's predictor
+(``flowrbc.predictor``) with the same sets, seed and calibration.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ import numpy as np
 from flowrbc.errors import FlowrbcError
 from flowrbc.report.page import E, ModelInfo, PatientCase, data_uri, document, fmt
 
-SPLITS = ("train", "val", "test", "all")
-
-
 @dataclass
 class CohortReport:
     index: Path
@@ -28,53 +25,28 @@ class CohortReport:
     n: int
 
 
-def _select(cohort, split: str) -> np.ndarray:
-    if split not in SPLITS:
-        raise FlowrbcError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
-    usable = np.diff(cohort.offsets) > 0
-    if split != "all":
-        if "split" not in cohort.samples.columns:
-            raise FlowrbcError(f"cohort {cohort.source}: no 'split' column; use --split all")
-        usable &= cohort.samples["split"].astype(str).to_numpy() == split
-    idx = np.flatnonzero(usable)
-    if len(idx) == 0:
-        raise FlowrbcError(f"cohort {cohort.source}: no sample with cells in the {split} split")
-    return idx
-
-
 def _column(samples, name: str, idx: np.ndarray) -> np.ndarray | None:
     return samples[name].to_numpy()[idx] if name in samples.columns else None
 
 
-def _values(loaded, cohort, idx: np.ndarray, seed: int) -> list[dict]:
-    """Per-sample records in the layout of ``Prediction.to_dict()``."""
-    from flowrbc.embed import predictions
-    from flowrbc.predict import DRAWS, sets_per_sample
+def _values(predictor, prep, cohort, idx: np.ndarray, seed: int) -> list[dict]:
+    """Per-sample records in the layout of ``Prediction.to_dict()``, from the predictor."""
+    from flowrbc.inputs import DRAWS, sets_per_sample
 
-    pred = predictions(loaded, cohort, idx, seed)
-    enc = loaded.covariates
-    unknown = enc is not None and any(n not in cohort.samples.columns for n in enc.names)
-    cal = {k: (c.get("covariates_unknown", c) if unknown else c) for k, c in loaded.calibration.items()}
+    raw, _ = predictor.predict(prep, seed=seed)
+    calibrated = predictor.calibrated(raw)
     samples = cohort.samples.iloc[idx]
     flags = [c for c in samples.columns if c.startswith("flag_")]
-    n_cells = np.diff(cohort.offsets)[idx]
+    n_cells = np.diff(prep.offsets_np)
     rows = []
     for j, (sid, s) in enumerate(samples.iterrows()):
         r: dict = {"file": f"{cohort.source}: {sid}"}
-        if "hematocrit" in pred:
-            q = cal.get("hematocrit", {}).get("halfwidth")
-            h = float(pred["hematocrit"][j])
-            r.update(hematocrit=h, hematocrit_low=None if q is None else h - q,
-                     hematocrit_high=None if q is None else h + q,
-                     hematocrit_coverage=cal.get("hematocrit", {}).get("coverage"))
-        if "anemia" in pred:
-            p = float(pred["anemia"][j])
-            r.update(anemia_probability=p, anemia=bool(p >= float(cal.get("anemia", {}).get("threshold", 0.5))))
+        r.update(predictor.record({k: v[j] for k, v in calibrated.items()}, bool(raw.unknown[j])))
         for name in ("sex", "age"):
             if name in samples.columns:
                 r[name] = s[name] if name == "sex" else float(s[name])
         r.update(n_events=int(s.get("n_events", n_cells[j])), cells_used=int(n_cells[j]),
-                 draws=int(sets_per_sample(n_cells[j], loaded.cells, DRAWS)),
+                 draws=int(sets_per_sample(n_cells[j], predictor.set_size, DRAWS)),
                  qc_flags=[c.removeprefix("flag_") for c in flags if bool(s[c])], error=None)
         rows.append(r)
     return rows
@@ -127,23 +99,25 @@ def _sample_table(samples, idx, values: list[dict], links: dict[int, str]) -> st
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def report_cohort(loaded, cohort, out_dir: str | os.PathLike, *, split: str = "test", seed: int = 0,
+def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str = "test", seed: int = 0,
                   pages: int | None = None, info: ModelInfo | None = None,
                   on_page: Callable[[Path], None] | None = None) -> CohortReport:
     """Write the overview and the per-patient pages of the first ``pages`` samples (all: None)."""
     from flowrbc.checkpoint import atomic_write_bytes, atomic_write_text
+    from flowrbc.evaluate import select_samples
     from flowrbc.metrics import classification_metrics, regression_metrics
     from flowrbc.report.figures import cohort_figure
     from flowrbc.report.files import model_info, write_case
 
     out = Path(out_dir)
     (out / "patients").mkdir(parents=True, exist_ok=True)
-    info = info or model_info(loaded)
-    idx = _select(cohort, split)
+    info = info or model_info(predictor)
+    idx = select_samples(cohort, split)
     samples = cohort.samples
-    if "hematocrit" not in samples.columns or "hematocrit" not in loaded.targets:
+    if "hematocrit" not in samples.columns or "hematocrit" not in predictor.targets:
         raise FlowrbcError(f"cohort {cohort.source}: the overview needs a recorded hematocrit and a hematocrit model")
-    values = _values(loaded, cohort, idx, seed)
+    prep = predictor.prepare_cohort(cohort, idx)
+    values = _values(predictor, prep, cohort, idx, seed)
     true = samples["hematocrit"].to_numpy(dtype=np.float64, na_value=np.nan)[idx]
     pred = np.array([v["hematocrit"] for v in values])
     ok = np.isfinite(true)
@@ -156,7 +130,6 @@ def report_cohort(loaded, cohort, out_dir: str | os.PathLike, *, split: str = "t
     png = cohort_figure(true[ok], pred[ok], half, anemia.astype(float) if has_anemia else None, prob, groups)
     atomic_write_bytes(out / "cohort.png", png)
 
-    cols = [cohort.channels.index(c) for _, c in loaded.channels]
     links, written = {}, []
     for j, i in enumerate(idx[: len(idx) if pages is None else pages]):
         sid = str(samples.index[i])
@@ -164,7 +137,7 @@ def report_cohort(loaded, cohort, out_dir: str | os.PathLike, *, split: str = "t
         rbc = float(samples["rbc_count"].iloc[i]) if "rbc_count" in samples.columns else None
         case = PatientCase(name=sid, source=f"cohort {cohort.source}, sample {sid}" + (
             f", recorded condition {truth['condition']}" if "condition" in truth else ""),
-            values=values[j], cells=np.asarray(cohort.sample_cells(int(i))[:, cols], np.float64), seed=seed,
+            values=values[j], cells=np.asarray(prep.raw[prep.offsets_np[j] : prep.offsets_np[j + 1]], np.float64), seed=seed,
             rbc_count=rbc, truth=truth, back_link="../index.html")
         written.append(write_case(case, info, out / "patients", sid))
         links[j] = f"patients/{sid}.html"

@@ -2,8 +2,8 @@
 
 The numbers come from ``flowrbc.predict.predict_file`` — the function ``flowrbc predict``
 calls — and are never recomputed here; the page adds what a prediction record lacks: the
-cells (read and gated again with predict's own reader, channel selection and gate) for the
-cytogram and the classic indices, and the model's metadata from its checkpoint.
+gated cells the prediction carries (``Prediction.cells``, so that no file is read twice) for
+the cytogram and the classic indices, and the model's metadata from its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,46 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from flowrbc.errors import FlowrbcError
 from flowrbc.report.page import ModelInfo, PatientCase, failure_page, patient_page
 
 
-def model_info(loaded) -> ModelInfo:
-    """Metadata of a loaded model (``flowrbc.predict.LoadedModel``) from its checkpoint."""
-    from flowrbc.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(loaded.path)
-    cfg = payload.get("model_config", {})
-    version = (f"flowrbc {payload.get('versions', {}).get('flowrbc', '?')}, checkpoint format "
-               f"{payload.get('format_version')}, digest {str(payload.get('digest', ''))[:12]}")
-    cal = (payload.get("calibration") or {}).get("anemia", {})
+def model_info(predictor) -> ModelInfo:
+    """What a page says of the model (``flowrbc.predictor.Predictor``), from its checkpoint's metadata."""
+    meta = predictor.meta
+    cfg = meta.get("model_config") or {}
+    version = (f"flowrbc {(meta.get('versions') or {}).get('flowrbc', '?')}, checkpoint format "
+               f"{meta.get('format_version')}, digest {str(meta.get('digest') or '')[:12]}")
+    best = meta.get("best_epoch")
     return ModelInfo(
-        path=str(loaded.path),
-        description=f"{cfg.get('family', loaded.family)}, {cfg.get('depth', '?')} blocks, width {cfg.get('width', '?')}"
-        + (f", best epoch {payload['best_epoch']}" if "best_epoch" in payload else ""),
+        path=str(predictor.path),
+        description=f"{cfg.get('family', predictor.family)}, {cfg.get('depth', '?')} blocks, width {cfg.get('width', '?')}"
+        + (f", best epoch {best}" if best is not None else ""),
         version=version,
-        cohort=str(payload.get("cohort") or "unknown cohort"),
-        cells=loaded.cells,
-        healthy=payload.get("healthy_reference"),
-        threshold=float(cal.get("threshold", 0.5)),
+        cohort=str(meta.get("cohort") or "unknown cohort"),
+        cells=predictor.set_size,
+        healthy=meta.get("healthy_reference"),
+        threshold=float(predictor.calibration.get("anemia", {}).get("threshold", 0.5)),
     )
-
-
-def gated_cells(loaded, path: str | os.PathLike, overrides: dict[str, str] | None = None,
-                scales: dict[str, float] | None = None) -> np.ndarray:
-    """The cells ``predict_file`` predicts from: (n, 2) [volume, hemoglobin], scaled
-    (``--scale``) and RBC-gated."""
-    from flowrbc import pp
-    from flowrbc.io.fcs import read_fcs_data
-    from flowrbc.io.units import apply_scales
-    from flowrbc.predict import select_channels
-
-    data = read_fcs_data(path)
-    cols = select_channels(loaded, data.names, data.labels, str(path), overrides)
-    raw = apply_scales(data.events[:, cols], [r for r, _ in loaded.channels], scales)
-    return raw[pp.rbc_gate(raw[:, 0], raw[:, 1])]
 
 
 class _Names:
@@ -70,12 +51,11 @@ class _Names:
         return name
 
 
-def file_case(loaded, pred, overrides: dict[str, str] | None, seed: int | None,
-              rbc_count: float | None) -> PatientCase:
-    """A prediction record and the gated cells of its file."""
+def file_case(pred, seed: int | None, rbc_count: float | None) -> PatientCase:
+    """A prediction (``flowrbc.predict.Prediction``) and the gated cells it was made from."""
     path = Path(pred.file)
-    return PatientCase(name=path.stem, source=f"file {path}", values=pred.to_dict(),
-                       cells=gated_cells(loaded, path, overrides, pred.scales), seed=seed, rbc_count=rbc_count)
+    return PatientCase(name=path.stem, source=f"file {path}", values=pred.to_dict(), cells=pred.cells, seed=seed,
+                       rbc_count=rbc_count)
 
 
 def write_case(case: PatientCase, info: ModelInfo, out_dir: Path, stem: str) -> Path:
@@ -88,17 +68,18 @@ def write_case(case: PatientCase, info: ModelInfo, out_dir: Path, stem: str) -> 
     return atomic_write_text(out_dir / f"{stem}.html", patient_page(case, info, png))
 
 
-def write_patient_pages(loaded, predictions: Sequence, out_dir: str | os.PathLike, *,
-                        overrides: dict[str, str] | None = None, seed: int | None = None,
-                        rbc_count: float | None = None, info: ModelInfo | None = None) -> list[Path]:
-    """Pages for predictions already made (``flowrbc.predict.Prediction``) -> the HTML paths."""
+def write_patient_pages(predictor, predictions: Sequence, out_dir: str | os.PathLike, *,
+                        seed: int | None = None, rbc_count: float | None = None,
+                        info: ModelInfo | None = None) -> list[Path]:
+    """Pages for predictions already made (``flowrbc.predict.Prediction``, each carrying the
+    cells its file gave) -> the HTML paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = info or model_info(loaded)
+    info = info or model_info(predictor)
     names = _Names()
     written = []
     for pred in predictions:
-        case = file_case(loaded, pred, overrides, seed, rbc_count)
+        case = file_case(pred, seed, rbc_count)
         written.append(write_case(case, info, out, names(case.name)))
     return written
 
@@ -109,7 +90,7 @@ class FilesReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)  # file, message (a page says it too)
 
 
-def report_files(loaded, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+def report_files(predictor, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  overrides: dict[str, str] | None = None, coverage: float | None = None, seed: int = 0,
                  covariates: dict[str, Any] | None = None, rbc_count: float | None = None,
                  scales: dict[str, float] | None = None,
@@ -120,14 +101,14 @@ def report_files(loaded, paths: Sequence[str | os.PathLike], out_dir: str | os.P
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = model_info(loaded)
+    info = model_info(predictor)
     names = _Names()
     result = FilesReport()
     for p in map(Path, paths):
         try:
-            pred = predict_file(loaded, p, overrides=overrides, coverage=coverage, seed=seed, covariates=covariates,
+            pred = predict_file(predictor, p, overrides=overrides, coverage=coverage, seed=seed, covariates=covariates,
                                 scales=scales)
-            page = write_case(file_case(loaded, pred, overrides, seed, rbc_count), info, out, names(p.stem))
+            page = write_case(file_case(pred, seed, rbc_count), info, out, names(p.stem))
         except (FlowrbcError, OSError) as exc:
             from flowrbc.checkpoint import atomic_write_text
 

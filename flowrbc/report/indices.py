@@ -7,7 +7,8 @@ concentration CHC = 100 · HC / V (g/dL):
 * RDW = 100 · SD(V) / MCV (%, RDW-CV), HDW = SD(CHC) (g/dL),
 * % micro (V < 60 fL), % macro (V > 120 fL), % hypo (CHC < 28 g/dL), % hyper (CHC > 41 g/dL):
   the fixed bounds of the volume / hemoglobin-concentration cytogram of optical
-  (light-scatter) analysers such as the ADVIA 120/2120, whose nine regions they draw.
+  (light-scatter) analysers such as the ADVIA 120/2120, whose nine regions they draw
+  (defined once, in ``flowrbc.metrics``, whose moment features read the concentration bounds).
 
 Mentzer index = MCV / RBC count (10¹²/L); below 13 favours β-thalassemia trait over iron
 deficiency (Mentzer 1973).
@@ -21,12 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowrbc.metrics import segment_fraction, segment_mean_sd
+from flowrbc.metrics import HYPER_CHC, HYPO_CHC, MACRO_FL, MICRO_FL, segment_fraction, segment_mean_sd
 
-MICRO_FL = 60.0
-MACRO_FL = 120.0
-HYPO_CHC = 28.0  # g/dL
-HYPER_CHC = 41.0  # g/dL
 MENTZER_CUTOFF = 13.0
 Z95 = 1.96  # mean ± 1.96 SD: the central 95 % of a normal reference population
 

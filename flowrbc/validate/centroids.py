@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import find_data, load_digits_split, load_mnist_dir
-from flowrbc.validate._runner import Context, TaskResult, Variant
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant
 
 NAME = "centroids"
 TITLE = "prototypical classification: accuracy vs encoded set size"

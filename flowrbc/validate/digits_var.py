@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import find_data, load_digits_split, load_mnist_dir
-from flowrbc.validate._runner import Context, TaskResult, Variant, batched, table1, table2, train_variants
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant, batched, table1, table2, train_variants
 
 NAME = "digits-var"
 TITLE = "variance of the labels of a set of digit images"

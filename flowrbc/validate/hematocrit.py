@@ -6,7 +6,7 @@ patient's cells every batch (the reference code fixes one subset for all epochs;
 Cells are standardised with the training cells' mean and SD per channel; the hematocrit
 target is standardised for training and the MSE reported in the original units (%²).
 
-Data: offline, the synthetic cohort (``flowrbc.io.cohort.synthetic_cohort``: physiology-based,
+Data: offline, the synthetic cohort (``flowrbc.io.builtin.synthetic_cohort``: physiology-based,
 with the split it assigns and the bound it reports). With ``--data-dir``: a cohort
 ``.h5ad`` (``flowrbc ingest``) or the published Flow-RBC HDF5 (``train_data``,
 ``train_labels``, ``test_data``, ``test_labels``; via ``import_flowrbc_h5``). The public
@@ -28,7 +28,8 @@ import numpy as np
 
 from flowrbc.errors import FlowrbcError
 from flowrbc.validate._data import find_data
-from flowrbc.validate._runner import Context, TaskResult, Variant, batched, table1, table2, train_variants
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant, batched, table1, table2, train_variants
 
 PAPER_HCT = {
     **table2(
@@ -122,7 +123,7 @@ def load_cohort(ctx: Context, proto: Protocol):
     """(cohort, real) from ``--data-dir`` (a .h5ad cohort or a Flow-RBC .h5) or synthetic."""
     root = find_data(ctx.data_dir, "flowrbc")
     if root is None:
-        from flowrbc.io.cohort import synthetic_cohort
+        from flowrbc.io.builtin import synthetic_cohort
 
         return synthetic_cohort(proto.n_patients, proto.n_cells, seed=ctx.seed), False
     files = [root] if root.is_file() else sorted(root.glob("*.h5ad")) + sorted(root.glob("*.h5"))

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import load_sample_pictures
-from flowrbc.validate._runner import Context, TaskResult, Variant
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant
 
 NAME = "image-reconstruction"
 TITLE = "reconstruct image patches from a subset of their pixels"

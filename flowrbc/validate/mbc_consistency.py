@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from flowrbc.validate._runner import Context, TaskResult, Variant
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant
 
 NAME = "mbc-consistency"
 TITLE = "chunked vs whole-set encoding (mini-batch consistency)"

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowrbc.validate._runner import Context, TaskResult, Variant, batched, table1, train_variants
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant, batched, table1, train_variants
 
 NAME = "normal-var"
 TITLE = "variance of 1-D Normal sets"

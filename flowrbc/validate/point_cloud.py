@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowrbc.validate._data import find_data, load_modelnet40_dir
-from flowrbc.validate._runner import Context, TaskResult, Variant, batched, table2, train_variants
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant, batched, table2, train_variants
 
 NAME = "point-cloud"
 TITLE = "3-D shape classification from point clouds"

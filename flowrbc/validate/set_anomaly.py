@@ -26,7 +26,8 @@ import numpy as np
 
 from flowrbc.errors import FlowrbcError
 from flowrbc.validate._data import find_data, load_celeba_dir, load_digits_split
-from flowrbc.validate._runner import Context, TaskResult, Variant, table2, train_variants
+from flowrbc.validate._results import TaskResult
+from flowrbc.validate._training import Context, Variant, table2, train_variants
 
 NAME = "set-anomaly"
 TITLE = "find the odd image in a set"

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrbc.cli import app
-from flowrbc.io.cohort import read_cohort, synthetic_cohort
+from flowrbc.io.builtin import synthetic_cohort
+from flowrbc.io.cohort import read_cohort
 
 runner = CliRunner()
 

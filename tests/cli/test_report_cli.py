@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrbc.cli import app
-from flowrbc.io.cohort import synthetic_cohort, write_cohort
-from flowrbc.simulate import write_simulated
+from flowrbc.io.builtin import synthetic_cohort
+from flowrbc.io.cohort import write_cohort
+from flowrbc.synthetic.simulate import write_simulated
 
 runner = CliRunner()
 

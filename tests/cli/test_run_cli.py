@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrbc.cli import app
-from flowrbc.io.cohort import synthetic_cohort, write_cohort
-from flowrbc.simulate import write_simulated
+from flowrbc.io.builtin import synthetic_cohort
+from flowrbc.io.cohort import write_cohort
+from flowrbc.synthetic.simulate import write_simulated
 
 runner = CliRunner()
 
@@ -47,8 +48,8 @@ def test_train_sizes_the_builtin_cohort_and_scores_a_fresh_one(tmp_path, monkeyp
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["fresh"]["n"] == 50 and "mse" in metrics["fresh"]["paired"]["hematocrit"]
     # the model given the exact population parameters, learned from the same training patients
-    from flowrbc.bound import exact_population_reference
-    from flowrbc.io.cohort import FRESH_SEED, load_default_cohort
+    from flowrbc.synthetic.reference import exact_population_reference
+    from flowrbc.io.builtin import FRESH_SEED, load_default_cohort
 
     cohort, fresh = load_default_cohort(60, 40, 0), load_default_cohort(50, 40, FRESH_SEED)
     ref = exact_population_reference(cohort.samples, 0, fresh.samples, FRESH_SEED)["hematocrit"]
@@ -191,3 +192,18 @@ def test_evaluate_table_at_80_columns_matches_json(trained):
     for target, metrics in result["metrics"].items():
         for key, value in metrics.items():
             assert rows[(target, key)] == number(value), (target, key)
+
+
+def test_train_defaults_to_the_targets_a_cohort_has(tmp_path):
+    """A cohort with hematocrit and no anemia column (as `import-flowrbc` writes) trains
+    hematocrit alone, and the printed legend speaks only of it."""
+    cohort = synthetic_cohort(n_patients=60, n_cells=48, seed=6)
+    cohort.samples = cohort.samples.drop(columns=["anemia", "hemoglobin"])
+    write_cohort(cohort, tmp_path / "hct.h5ad")
+    out = runner.invoke(app, ["train", str(tmp_path / "hct.h5ad"), "--epochs", "1", "--width", "16", "--depth", "1",
+                              "--set-size", "32", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["targets"] == ["hematocrit"] and set(metrics["test"]["model"]) == {"hematocrit"}
+    legend = next(line for line in out.output.splitlines() if line.startswith("model:"))
+    assert "hematocrit" in legend and "anemia" not in legend

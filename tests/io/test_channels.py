@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowrbc.errors import ChannelError
-from flowrbc.io.channels import normalize, resolve_channels
+from flowrbc.io.channels import normalize, resolve_channels, select_channels
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,15 @@ def test_missing_roles_named():
 def test_one_channel_never_serves_two_roles():
     with pytest.raises(ChannelError, match="hemoglobin"):
         resolve_channels(["V"], ["Hb"])
+
+
+def test_select_channels_overrides_then_known_channels_then_aliases():
+    names, labels = ["RBC Volume", "FSC-A", "SSC-A", "RBC Hb"], [None, None, "side", None]
+    assert select_channels(names, labels) == [0, 3]  # aliases
+    known = [("volume", "fsc-a"), ("hemoglobin", "SIDE")]  # a checkpoint trained on these, any case
+    assert select_channels(names, labels, known=known) == [1, 2]
+    assert select_channels(names, labels, known=known, overrides={"volume": "RBC Volume"}) == [0, 2]
+    assert select_channels(names, labels, roles=("hemoglobin", "volume"), known=known[::-1]) == [2, 1]
+    assert select_channels(names, labels, known=[("volume", "Gone"), ("hemoglobin", "SSC-A")]) == [0, 2]
+    with pytest.raises(ChannelError, match="no channel found for hemoglobin"):
+        select_channels(["FSC-A", "Time"], None, known=[("volume", "FSC-A"), ("hemoglobin", "Hb")])

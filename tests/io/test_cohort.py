@@ -9,15 +9,8 @@ import pandas as pd
 import pytest
 
 from flowrbc.errors import CohortError
-from flowrbc.io.cohort import (
-    Cohort,
-    assign_splits,
-    default_cohort_path,
-    load_default_cohort,
-    read_cohort,
-    synthetic_cohort,
-    write_cohort,
-)
+from flowrbc.io.builtin import default_cohort_path, load_default_cohort, synthetic_cohort
+from flowrbc.io.cohort import Cohort, assign_splits, read_cohort, write_cohort
 
 
 @pytest.fixture(scope="module")

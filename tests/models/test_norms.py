@@ -190,7 +190,7 @@ def test_norm_linear_under_bf16_autocast_keeps_float32_weight_gradients():
 def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     """Input-sized tensors autograd holds for one Deep Sets++ block, besides the input: with
     ``lean`` only the hidden tensor between its two linear layers; without, three."""
-    from flowrbc.models.deepsets import ElementBlock
+    from flowrbc.models.blocks import ElementBlock
 
     torch.manual_seed(0)
     block = ElementBlock(16, "set", "clean", lean=lean)

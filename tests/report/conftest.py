@@ -2,11 +2,11 @@
 
 import pytest
 
-from flowrbc.io.cohort import synthetic_cohort
-from flowrbc.simulate import write_simulated
+from flowrbc.io.builtin import synthetic_cohort
+from flowrbc.synthetic.simulate import write_simulated
 from flowrbc.train import TrainConfig, train_cohort
 
-TINY = dict(width=16, depth=1, cells=64, epochs=1, batch_size=16, draws=2, device="cpu")
+TINY = dict(width=16, depth=1, set_size=64, epochs=1, batch_size=16, device="cpu")
 
 
 @pytest.fixture(scope="package")

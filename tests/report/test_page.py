@@ -171,3 +171,43 @@ def test_checkpoint_without_healthy_reference_states_the_fallback(tiny_run, tmp_
     page = _page(tmp_path / "out" / src.name)
     assert "No healthy reference is drawn" in page.text and "training cohort, healthy" not in page.text
     assert len(page.images) == 1 and page.problems == []
+
+
+def test_a_report_reads_each_file_once_and_draws_the_predictions_cells(tiny_run, tmp_path, monkeypatch):
+    """``report_files`` reads a file once (for the prediction) and its page shows the
+    prediction's own cells; pages for predictions already made read no file at all."""
+    import flowrbc.io.sample as sample
+    import flowrbc.predict as predict
+    import flowrbc.report.files as files
+    from flowrbc.report.files import write_patient_pages
+
+    model = load_model(tiny_run[0])
+    read, predict_file_, write_case = sample.read_fcs_data, predict.predict_file, files.write_case
+    reads, preds, cases = [], [], []
+
+    def counted_read(path, **kw):
+        reads.append(path)
+        return read(path, **kw)
+
+    def kept_prediction(*args, **kw):
+        preds.append(predict_file_(*args, **kw))
+        return preds[-1]
+
+    def kept_case(case, *args):
+        cases.append(case)
+        return write_case(case, *args)
+
+    monkeypatch.setattr(sample, "read_fcs_data", counted_read)
+    monkeypatch.setattr(predict, "predict_file", kept_prediction)
+    monkeypatch.setattr(files, "write_case", kept_case)
+    src = sorted(tiny_run[1].glob("*.fcs"))[0]
+    report_files(model, [src], tmp_path / "pages", seed=4)
+    assert reads == [src] and len(preds) == len(cases) == 1 and cases[0].cells is preds[0].cells
+
+    path = _write(tmp_path / "gone.fcs", _cells(np.random.default_rng(6), 400))
+    pred = predict_file_(model, path, seed=4)
+    path.unlink()  # the page needs nothing more from the file
+    reads.clear()
+    write_patient_pages(model, [pred], tmp_path / "later")
+    assert reads == [] and cases[-1].cells is pred.cells and cases[-1].name == "gone"
+    assert _page(tmp_path / "later" / "gone.fcs").problems == []

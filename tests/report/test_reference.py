@@ -3,7 +3,7 @@
 import numpy as np
 
 from flowrbc.checkpoint import load_checkpoint
-from flowrbc.io.cohort import synthetic_cohort
+from flowrbc.io.builtin import synthetic_cohort
 from flowrbc.report.reference import healthy_reference
 
 

@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from flowrbc.simulate import CONDITIONS, mixture_indices, simulate_cohort, summary_table
+from flowrbc.synthetic.simulate import CONDITIONS, draw_patients, mixture_indices, simulate_cohort, summary_table
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,29 @@ def test_patients_do_not_depend_on_cohort_size_or_cells():
     small = simulate_cohort(10, 50, seed=9).samples
     large = simulate_cohort(25, 80, seed=9).samples
     assert small.equals(large.iloc[:10])
+
+
+def test_the_record_is_what_the_samples_show():
+    sim = simulate_cohort(300, 5, seed=13)
+    s, rec = sim.samples, sim.record
+    assert len(rec) == 300 and rec.conditions == CONDITIONS
+    assert (s["condition"].to_numpy() == rec.condition_name).all()
+    assert (s["condition"].to_numpy() == np.asarray(CONDITIONS)[rec.condition]).all()
+    np.testing.assert_array_equal(s["severity"], rec.severity)
+    np.testing.assert_array_equal(s["rbc_count"], rec.rbc)
+    np.testing.assert_array_equal(s["sex"] == "F", rec.sex == 1)
+    assert (rec.severity[rec.condition_name == "healthy"] == 0).all()
+    pop = rec.population
+    assert pop.w.shape == pop.M.shape == pop.cv.shape == (300, 4)
+    np.testing.assert_allclose(pop.w.sum(1), 1.0)
+    np.testing.assert_array_equal(s["mcv"], pop.indices()["mcv"])
+    assert (pop.donor_share[rec.condition_name != "transfusion"] == 0).all()
+    # the record alone, drawn without cells, is the same record
+    again = draw_patients(300, 13)
+    for name in ("sex", "age", "condition", "severity", "rbc", "rbc_mean", "rbc_sd"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(rec, name))
+    for name, value in pop.as_dict().items():
+        np.testing.assert_array_equal(again.population.as_dict()[name], value)
 
 
 def test_bound_is_consistent(big):

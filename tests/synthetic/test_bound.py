@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from flowrbc.bound import cell_bound, exact_population_reference, population_features
 from flowrbc.evaluation import paired
-from flowrbc.simulate import simulate_cohort
+from flowrbc.synthetic.bound import cell_bound
+from flowrbc.synthetic.reference import exact_population_reference, population_features
+from flowrbc.synthetic.simulate import draw_patients, simulate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +17,9 @@ def sim():
 def test_a_model_fitted_on_exact_populations_does_not_beat_the_bound(sim):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    X, s = population_features(len(sim.samples), 21), sim.samples
+    X, s = population_features(draw_patients(len(sim.samples), 21)), sim.samples
     np.testing.assert_array_equal(X[:, :4], sim.populations["w"])  # the same patients as ``sim``
+    np.testing.assert_array_equal(X[:, 20], (s["sex"] == "F").to_numpy(float))
     y = s["hematocrit"].to_numpy()
     train, test = slice(0, 4000), slice(4000, None)
     gbm = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0).fit(X[train], y[train])
@@ -49,20 +51,30 @@ def test_the_latent_oracle_claims_less_error_than_the_cells_allow(sim):
 
 def test_the_bound_sees_only_the_population(sim):
     s = sim.samples
-    sex = (s["sex"] == "F").to_numpy(int)
-    cut = np.where(sex == 0, 13.0, 12.0)
-    again = cell_bound(sim.populations, sex, s["age"].to_numpy(), cut)
-    np.testing.assert_allclose(again["hematocrit"], s["bound_hematocrit"])
-    # patients with the same population, sex and age get the same prediction
-    pop = {k: v[:1].repeat(3, axis=0) for k, v in sim.populations.items()}
-    out = cell_bound(pop, sex[:1].repeat(3), s["age"].to_numpy()[:1].repeat(3), cut[:1].repeat(3))
-    assert np.ptp(out["hematocrit"]) == 0 and np.isfinite(out["hematocrit_sd"]).all()
+    again = cell_bound(sim.record)
+    np.testing.assert_array_equal(again["hematocrit"], s["bound_hematocrit"])
+    # patients with the same population, sex and age get the same prediction, whatever the
+    # latents the cells do not show: the RBC count, and the condition and severity within a
+    # look (healthy, thalassemia trait and chronic disease look alike; a transfusion's severity
+    # is unseen)
+    codes = {name: k for k, name in enumerate(sim.record.conditions)}
+    for condition, relabel in (("beta_thal_trait", ("healthy", "chronic_disease")), ("transfusion", ())):
+        i = int(np.flatnonzero(sim.record.condition_name == condition)[0])
+        rec = sim.record.take(np.full(3, i))
+        rec.rbc[:], rec.rbc_mean[:] = (4.0, 5.0, 6.0), (4.1, 5.1, 6.1)
+        rec.severity[:] = (0.1, 0.5, 0.9)
+        for j, name in enumerate(relabel, 1):
+            rec.condition[j] = codes[name]
+        out = cell_bound(rec)
+        assert np.ptp(out["hematocrit"]) == 0 and np.ptp(out["anemia_probability"]) == 0
+        assert out["hematocrit"][0] == pytest.approx(s["bound_hematocrit"].iloc[i], rel=1e-12)
+        assert np.isfinite(out["hematocrit_sd"]).all()
 
 
 def test_the_exact_population_reference_scores_the_fresh_patients_it_is_given():
     """Fitted on the training split of one seed's patients, it predicts another seed's fresh
     patients far better than their mean; given the wrong fresh seed (other patients'
-    populations) it loses that skill, so the rows line up with the patients."""
+    populations) it refuses, since the recorded patients do not line up with the rows."""
     from flowrbc.io.cohort import assign_splits
 
     train = simulate_cohort(1500, 1, seed=5).samples
@@ -70,8 +82,9 @@ def test_the_exact_population_reference_scores_the_fresh_patients_it_is_given():
     fresh = simulate_cohort(800, 1, seed=6).samples
     y = fresh["hematocrit"].to_numpy()
     right = exact_population_reference(train, 5, fresh, 6)
-    wrong = exact_population_reference(train, 5, fresh, 7)
     assert set(right) == {"hematocrit", "anemia"}
-    mse = lambda p: float(np.mean((p - y) ** 2))  # noqa: E731
-    assert mse(right["hematocrit"]) < 0.5 * y.var()
-    assert mse(wrong["hematocrit"]) > 1.5 * y.var()
+    assert float(np.mean((right["hematocrit"] - y) ** 2)) < 0.5 * y.var()
+    with pytest.raises(ValueError, match="seed 7"):
+        exact_population_reference(train, 5, fresh, 7)
+    with pytest.raises(ValueError, match="seed 4"):
+        exact_population_reference(train, 4, fresh, 6)
