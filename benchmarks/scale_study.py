@@ -71,10 +71,6 @@ def _scores(y_h, y_a, hct, prob) -> dict:
 
 
 def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> dict:
-    import torch
-
-    from flowrbc.calibration import calibrated_probability
-    from flowrbc.inputs import predict_all_cells
     from flowrbc.predictor import Predictor
     from flowrbc.train import TrainConfig, train_cohort
 
@@ -97,13 +93,10 @@ def run_point(n_train: int, family: str, cells: int, fresh, out_dir: Path) -> di
            "baseline_auroc": m["baseline"]["anemia"]["auroc"], "baseline_auroc_se": m["baseline"]["anemia"]["auroc_se"]}
     if family == "slot_set":  # all cells of each patient at prediction
         predictor = Predictor.load(res.run_dir / "model.pt")
-        prep = predictor.prepare_cohort(fresh)
-        cov = predictor.decoder_inputs(prep, torch.arange(prep.n))
-        pred = predict_all_cells(predictor.model, prep.X, prep.offsets, np.arange(prep.n), predictor.targets,
-                                 covariates=cov)
-        prob = calibrated_probability(pred["anemia"], predictor.calibration["anemia"]["temperature"])
+        raw, _ = predictor.predict(predictor.prepare_cohort(fresh), all_cells=True)
+        prob = predictor.calibrated(raw)["anemia"]
         row["all_cells"] = _scores(fresh.samples["hematocrit"].to_numpy(float), fresh.samples["anemia"].to_numpy(float),
-                                   pred["hematocrit"], prob)
+                                   raw.value["hematocrit"], prob)
     return row
 
 

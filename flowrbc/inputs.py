@@ -151,16 +151,18 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
 
 
 def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray, *,
-                  cells: int, draws: int = DRAWS, seed: int = 0, batch_size: int | None = None):
-    """Each sample's ``prediction_sets`` through ``model.embed``, without gradients, in batches
-    of ``batch_size`` samples (None: ``PREDICT_ELEMENTS // cells``).
+                  cells: int | None, draws: int = DRAWS, seed: int = 0, batch_size: int | None = None):
+    """Each sample's sets through ``model.embed``, without gradients: its ``prediction_sets``
+    of ``cells`` cells, in batches of ``batch_size`` samples (None: ``PREDICT_ELEMENTS //
+    cells``), or with ``cells`` None its every cell in one set (``whole_sets``).
     -> (k (len(idx),) sets per sample, iterator of (at (L,) positions in idx, z (L, D)))."""
     model.eval()
-    width = model_width(model)
-    batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
     n = offsets[idx_t + 1] - offsets[idx_t]  # (S,)
-    k = sets_per_sample(n, cells, draws)  # (S,)
+    if cells is None:
+        return torch.ones_like(n), whole_sets(model, X, offsets, idx_t)
+    width = model_width(model)
+    batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
 
     def sets():
         for lo in range(0, len(idx_t), batch_size):
@@ -170,17 +172,54 @@ def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor
                     z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
                 yield lo + live, z
 
-    return k, sets()
+    return sets_per_sample(n, cells, draws), sets()
+
+
+def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor,
+               elements: int | None = None):
+    """Every cell of each sample ``idx`` in one set, through ``model.embed``: samples sorted by
+    size and batched up to ``elements`` padded cells, the padding masked (it never changes a
+    result). A sample larger than ``elements`` goes alone; a streaming (mini-batch-consistent)
+    model then folds it in chunks of ``elements`` cells, so its memory stays flat in the
+    sample's size, with the same result as one pass. ``elements`` None: ``PREDICT_ELEMENTS``.
+    -> iterator of (at (L,), z (L, D))."""
+    elements = elements or PREDICT_ELEMENTS
+    width = model_width(model)
+    start = offsets[idx]  # (S,)
+    n = (offsets[idx + 1] - start).cpu().numpy()
+    order = np.argsort(n, kind="stable")
+    lo = 0
+    while lo < len(order):
+        hi = lo + 1
+        while hi < len(order) and (hi + 1 - lo) * n[order[hi]] <= elements:
+            hi += 1
+        at = torch.as_tensor(order[lo:hi], device=X.device)  # (L,) sizes ascending: the last is the largest
+        nb = n[order[lo:hi]]
+        with torch.no_grad(), autocast_for(X.device, True, width, train=False):
+            if hasattr(model, "init_state") and nb[-1] > elements:
+                state = model.init_state(1)
+                for a in range(0, int(nb[-1]), elements):
+                    rows = start[at[0]] + torch.arange(a, min(a + elements, int(nb[-1])), device=X.device)
+                    state = model.update(state, X[rows][None])  # (1, chunk, C)
+                z = model.finalize_embed(state)
+            else:
+                pos = torch.arange(int(nb[-1]), device=X.device)  # (N,)
+                n_t = torch.as_tensor(nb, device=X.device)
+                rows = start[at][:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)  # (L, N)
+                mask = pos[None, :] < n_t[:, None] if nb[0] < nb[-1] else None  # (L, N)
+                z = model.embed(X[rows], mask)  # X[rows]: (L, N, C) -> (L, D)
+        yield at, z
+        lo = hi
 
 
 @torch.no_grad()
 def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
-                      targets: dict[str, dict], covariates: list, *, cells: int, draws: int = DRAWS, seed: int = 0,
+                      targets: dict[str, dict], covariates: list, *, cells: int | None, draws: int = DRAWS, seed: int = 0,
                       batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
-    """The average over each sample's ``prediction_sets`` (at most ``draws``) of the decoded
-    heads, for each entry of ``covariates`` (encoded (len(idx), k), row i for sample idx[i];
-    None: unknown or a model without any) from the same sets: each set is embedded once and
-    decoded once per entry. Regression values in target units, classification logits
+    """The average over each sample's sets (``embedded_sets``: at most ``draws`` of ``cells``
+    cells, or its every cell with ``cells`` None) of the decoded heads, for each entry of
+    ``covariates`` (encoded (len(idx), k), row i for sample idx[i]; None: unknown or a model
+    without any) from the same sets: each set is embedded once and decoded once per entry. Regression values in target units, classification logits
     (averaging logits, then calibrating, keeps one scale). -> per entry {target: (len(idx),)}"""
     width = model_width(model)
     covs = [None if c is None else torch.as_tensor(c, dtype=torch.float32).to(X.device) for c in covariates]
@@ -194,31 +233,3 @@ def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Te
                     acc[name].index_add_(0, at, value)
     counts = k.to(torch.float32)
     return [{name: (s / counts).cpu().numpy().astype(np.float64) for name, s in acc.items()} for acc in sums]
-
-
-@torch.no_grad()
-def predict_all_cells(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
-                      targets: dict[str, dict], *, batch_size: int = 32,
-                      covariates: torch.Tensor | np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every cell of each sample in one set: samples padded to the batch's largest and masked
-    (padding never changes a result), so a mini-batch-consistent model gives exactly what
-    streaming its cells would. Same outputs as ``predict_sets``. -> (len(idx),)"""
-    model.eval()
-    width = model_width(model)
-    idx = np.asarray(idx)
-    off = offsets.cpu().numpy()
-    cov = None if covariates is None else torch.as_tensor(covariates, dtype=torch.float32).to(X.device)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
-    for lo in range(0, len(idx), batch_size):
-        batch = idx[lo : lo + batch_size]
-        n = off[batch + 1] - off[batch]  # (B,)
-        pos = torch.arange(int(n.max()), device=X.device)  # (N,)
-        n_t = torch.as_tensor(n, device=X.device)
-        mask = pos[None, :] < n_t[:, None]  # (B, N)
-        rows = torch.as_tensor(off[batch], device=X.device)[:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)
-        extra = {} if cov is None else {"covariates": cov[lo : lo + batch_size]}
-        with autocast_for(X.device, True, width, train=False):
-            decoded = decode_outputs(model(X[rows], mask=mask, **extra), targets)  # X[rows]: (B, N, C)
-        for name, value in decoded.items():
-            out[name].append(value)
-    return {name: torch.cat(v).cpu().numpy().astype(np.float64) for name, v in out.items()}

@@ -84,8 +84,8 @@ def _qc_flags(predictor: Predictor, sample: Any, moments: np.ndarray) -> list[st
 def predict_file(predictor: Predictor, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
                  coverage: float | None = None, all_cells: bool = False, draws: int = DRAWS,
                  seed: int = 0, covariates: dict[str, Any] | None = None,
-                 scales: dict[str, float] | None = None) -> Prediction:
-    """Read, gate, QC and predict one FCS file. Raises FlowrbcError for an unusable file.
+                 scales: dict[str, float] | None = None, dataset: int = 0) -> Prediction:
+    """Read, gate, QC and predict one FCS file (data set ``dataset``). Raises FlowrbcError for an unusable file.
 
     ``covariates`` (e.g. ``{"sex": "F", "age": 61}``) for a model trained with them; a value
     not given is read from the file's keywords (FLOWRBC_SEX / SEX, FLOWRBC_AGE / AGE), else it
@@ -97,7 +97,7 @@ def predict_file(predictor: Predictor, path: str | os.PathLike, *, overrides: di
     from flowrbc.io.sample import load_sample
 
     sample = load_sample(path, model_channels=predictor.channels, overrides=overrides, scales=scales,
-                         trained_ranges=predictor.ranges)
+                         trained_ranges=predictor.ranges, dataset=dataset)
     cells = sample.cells  # (n, 2) role order, float64: scaled, gated
     out = Prediction(file=str(path), n_events=sample.n_events, cells_used=len(cells), scales=sample.scales,
                      cells=cells)
@@ -107,12 +107,9 @@ def predict_file(predictor: Predictor, path: str | os.PathLike, *, overrides: di
     unknown = bool(prep.unknown[0])
     if unknown:
         out.qc_flags.append("covariates_unknown")
-    if all_cells:
-        raw = predictor.predict_all_cells(prep)
-        out.draws = "all"
-    else:
-        raw, _ = predictor.predict(prep, seed=seed, draws=draws)
-        out.draws = int(sets_per_sample(len(cells), predictor.set_size, draws))
+    raw, _ = predictor.predict(prep, seed=seed, draws=draws, all_cells=all_cells)
+    whole = all_cells or predictor.set_size is None
+    out.draws = "all" if whole else int(sets_per_sample(len(cells), predictor.set_size, draws))
     value = {k: float(v[0]) for k, v in predictor.calibrated(raw).items()}
     out.values = predictor.record(value, unknown, coverage)
     return out

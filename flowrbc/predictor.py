@@ -90,7 +90,7 @@ class Predictor:
     scaler: FeatureScaler
     targets: dict[str, dict]  # name -> {"kind": "regression", "mean", "std"} | {"kind": "binary"}
     covariates: CovariateEncoder
-    set_size: int  # cells per set, as trained
+    set_size: int | None  # cells per training set; None: each patient's every cell
     index_inputs: Any = None  # flowrbc.hybrid.IndexInputs; None: the decoder reads no index features
     index: Any = None  # flowrbc.hybrid.IndexModels; None: the set model alone
     calibration: dict[str, dict] = field(default_factory=dict)
@@ -128,7 +128,7 @@ class Predictor:
         return cls(model=model, channels=[(str(r), str(c)) for r, c in payload["channels"]],
                    scaler=FeatureScaler.from_dict(payload["scaler"]), targets=payload["targets"],
                    covariates=CovariateEncoder.from_dict(payload["covariates"]),
-                   set_size=int(payload["train_config"]["set_size"]), index_inputs=index_inputs, index=index,
+                   set_size=payload["train_config"]["set_size"], index_inputs=index_inputs, index=index,
                    calibration=payload.get("calibration") or {}, device=device,
                    ranges=payload.get("feature_ranges") or {}, moments=payload.get("moments") or {},
                    complete=bool(payload.get("complete", False)), path=Path(path), family=config.family,
@@ -208,15 +208,18 @@ class Predictor:
         return decoder_inputs(cov, features, k)
 
     def predict(self, prep: Prepared, idx: np.ndarray | None = None, *, seed: int = 0, draws: int = DRAWS,
-                unknown_too: bool = False) -> tuple[RawPredictions, RawPredictions | None]:
+                unknown_too: bool = False, all_cells: bool = False) -> tuple[RawPredictions, RawPredictions | None]:
         """Predictions for samples ``idx`` of ``prep`` (None: all) with their covariates and,
-        ``unknown_too``, with every covariate unknown (the same sets, one encoder pass).
+        ``unknown_too``, with every covariate unknown (the same sets, one encoder pass). Each
+        sample is read as the model was trained: every cell in one set for a model trained on
+        whole samples (or ``all_cells``), else the average over at most ``draws`` disjoint
+        sets of ``set_size`` cells.
         A sample's sets depend on its number of cells and ``seed`` only (``flowrbc.inputs.shuffle_prefix``)."""
         idx = np.arange(prep.n) if idx is None else np.ascontiguousarray(idx, dtype=np.int64)
         rows = torch.as_tensor(idx, device=self.device)
         entries = [self.decoder_inputs(prep, rows)] + ([self.decoder_inputs(prep, rows, known=False)] if unknown_too else [])
-        outs = predict_sets_each(self.model, prep.X, prep.offsets, idx, self.targets, entries, cells=self.set_size,
-                                 draws=draws, seed=seed)
+        outs = predict_sets_each(self.model, prep.X, prep.offsets, idx, self.targets, entries,
+                                 cells=None if all_cells else self.set_size, draws=draws, seed=seed)
         given = RawPredictions(outs[0], self.blend(prep, idx, outs[0]), prep.unknown[idx])
         if not unknown_too:
             return given, None
@@ -236,30 +239,6 @@ class Predictor:
             for k, v in blended.items():
                 out[k][known] = v
         return out
-
-    def predict_all_cells(self, prep: Prepared, chunk: int = 4096) -> RawPredictions:
-        """Every cell of each sample through a streaming (slot_set) model, chunk by chunk:
-        bounded memory whatever the number of cells; the same result as the whole set."""
-        from flowrbc.errors import FlowrbcError
-        from flowrbc.inputs import decode_outputs
-
-        net = self.model
-        if not hasattr(net, "init_state"):
-            raise FlowrbcError(f"--all-cells: needs a slot_set model (streaming); {self.path} is {self.family}")
-        out: dict[str, list[float]] = {name: [] for name in self.targets}
-        with torch.no_grad():
-            for s in range(prep.n):
-                lo, hi = int(prep.offsets_np[s]), int(prep.offsets_np[s + 1])
-                state = net.init_state(1)
-                for a in range(lo, hi, chunk):
-                    state = net.update(state, prep.X[None, a : min(a + chunk, hi)])
-                rows = torch.tensor([s], device=self.device)
-                decoded = decode_outputs(net.finalize(state, self.decoder_inputs(prep, rows)), self.targets)
-                for name, v in decoded.items():
-                    out[name].append(float(v[0]))
-        set_pred = {k: np.array(v) for k, v in out.items()}
-        idx = np.arange(prep.n)
-        return RawPredictions(set_pred, self.blend(prep, idx, set_pred), prep.unknown)
 
     @torch.no_grad()
     def embeddings(self, prep: Prepared, idx: np.ndarray | None = None, *, seed: int = 0,

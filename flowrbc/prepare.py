@@ -134,11 +134,24 @@ class TrainingData:
         encoded = self.prep.encoded_features
         return len(self.predictor.covariates.names) + (0 if encoded is None else encoded.shape[1])
 
-    def draw(self, idx: torch.Tensor, cells: int, generator: torch.Generator) -> torch.Tensor:
-        """``cells`` cells drawn with replacement from each sample ``idx`` -> (B, cells, C)."""
+    def draw(self, idx: torch.Tensor, cells: int | None,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A training set for each sample ``idx``: ``cells`` cells drawn with replacement, or with
+        ``cells`` None as many as the sample has (a bootstrap of its cells: the set size and
+        spread of the whole sample, a new draw every step), padded to the largest and masked.
+        -> (x (B, N, C), mask (B, N) or None when no set is padded)."""
         from flowrbc.inputs import draw_sets
 
-        return draw_sets(self.prep.X, self.prep.offsets, idx, cells, generator)
+        X, offsets = self.prep.X, self.prep.offsets
+        if cells is not None:
+            return draw_sets(X, offsets, idx, cells, generator), None
+        start = offsets[idx]  # (B,)
+        n = offsets[idx + 1] - start  # (B,)
+        N = int(n.max())
+        u = torch.rand(len(idx), N, generator=generator, device=X.device)  # (B, N)
+        rows = start[:, None] + torch.minimum((u * n[:, None]).long(), n[:, None] - 1)  # (B, N)
+        mask = torch.arange(N, device=X.device)[None, :] < n[:, None]  # (B, N)
+        return X[rows], (None if bool(mask.all()) else mask)
 
     def decoder_inputs(self, idx: torch.Tensor, dropout: float = 0.0,
                        generator: torch.Generator | None = None) -> torch.Tensor | None:

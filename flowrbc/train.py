@@ -46,8 +46,9 @@ class TrainConfig:
     targets: tuple[str, ...] | None = None  # None: the known targets the cohort has
     covariates: tuple[str, ...] | None = None  # None: sex and age where the cohort has them; (): none
     covariate_dropout: float = 0.2  # share of training sets whose each covariate reads "unknown"
-    set_size: int = 250  # cells per training set, redrawn every step; papers use 1000. At equal CPU
-    # time, validation MSE 10.95 (250 x 50 epochs) vs 11.9 (500 x 25) and 11.3 (128 x 100)
+    set_size: int | None = 250  # cells per training set, redrawn every step; None: as many as the
+    # patient has (``flowrbc.prepare.TrainingData.draw``). Papers use 1000. At equal CPU time,
+    # validation MSE 10.95 (250 x 50 epochs) vs 11.9 (500 x 25) and 11.3 (128 x 100)
     epochs: int = 50  # ~2.5 min on 2 CPU cores; 80 epochs did no better (best epoch 35)
     batch_size: int = 16  # sets per step (per process under torchrun); more steps per epoch
     lr: float = 1e-3
@@ -75,7 +76,7 @@ class TrainConfig:
 
     def check(self) -> None:
         for name in ("set_size", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FlowrbcError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if not 0.0 <= self.covariate_dropout < 1.0:
             raise FlowrbcError(f"--covariate-dropout {self.covariate_dropout}: must be in [0, 1)")
@@ -172,7 +173,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
                            index_inputs=config.index_inputs, set_size=config.set_size, device=device)
     predictor = data.predictor
     say(f"cohort {cohort.source}: " + ", ".join(f"{k} {len(v)}" for k, v in data.split.items())
-        + f" samples; targets {', '.join(data.specs)}; {config.set_size} cells per set; covariates "
+        + f" samples; targets {', '.join(data.specs)}; {config.set_size or 'all'} cells per set; covariates "
         f"{', '.join(predictor.covariates.names) or 'none'}; device {device}" + (f" x {world}" if world > 1 else ""))
 
     # model
@@ -191,12 +192,12 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
 
     def batches(epoch: int, generator: torch.Generator):
         for idx in epoch_shard(train_idx, epoch, config.seed, rank, world, config.batch_size):
-            yield (data.draw(idx, config.set_size, generator),
-                   data.decoder_inputs(idx, config.covariate_dropout, generator), idx)
+            x, mask = data.draw(idx, config.set_size, generator)
+            yield x, mask, data.decoder_inputs(idx, config.covariate_dropout, generator), idx
 
     def loss_fn(m, batch):
-        x, cov, idx = batch
-        return data.loss(m(x, covariates=cov), idx)[0]
+        x, mask, cov, idx = batch
+        return data.loss(m(x, mask=mask, covariates=cov), idx)[0]
 
     def evaluate(m):
         g = torch.Generator(device=device).manual_seed(config.seed + 1_000_003)  # the same sets every epoch
@@ -204,7 +205,8 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
         for _ in range(config.val_draws):
             for lo in range(0, len(val_idx), config.batch_size):
                 idx = val_idx[lo : lo + config.batch_size]
-                _, parts = data.loss(m(data.draw(idx, config.set_size, g), covariates=data.decoder_inputs(idx)), idx)
+                x, mask = data.draw(idx, config.set_size, g)
+                _, parts = data.loss(m(x, mask=mask, covariates=data.decoder_inputs(idx)), idx)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
         parts = {k: v / (len(val_idx) * config.val_draws) for k, v in sums.items()}

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from flowrbc.inputs import (draw_sets, predict_all_cells, predict_sets_each, prediction_sets,
+from flowrbc.inputs import (draw_sets, predict_sets_each, prediction_sets,
                             sets_per_sample, shuffle_prefix)
 from flowrbc.models import ModelConfig, build_model
 
@@ -23,12 +23,15 @@ def _model(family):
     return build_model(cfg).eval()
 
 
-def test_all_cells_equals_one_pass_over_each_sample_whatever_the_padding():
-    X, offsets = _ragged([5, 17, 1, 9])
+def test_all_cells_equals_one_pass_over_each_sample_whatever_the_padding(monkeypatch):
+    import flowrbc.inputs as inputs
+
+    monkeypatch.setattr(inputs, "PREDICT_ELEMENTS", 20)  # batches of ragged sizes, and 17 cells alone
+    X, offsets = _ragged([5, 17, 1, 9, 4])
     for family in ("deepsets++", "slot_set", "set_transformer++"):
         model = _model(family)
-        out = predict_all_cells(model, X, offsets, np.arange(4), TARGETS, batch_size=3)
-        for i in range(4):
+        out = predict_sets_each(model, X, offsets, np.arange(5), TARGETS, [None], cells=None)[0]
+        for i in range(5):
             cells = X[offsets[i] : offsets[i + 1]][None]  # (1, n_i, 2): no padding
             with torch.no_grad():
                 raw = model(cells)
@@ -36,16 +39,19 @@ def test_all_cells_equals_one_pass_over_each_sample_whatever_the_padding():
             assert np.isclose(out["anemia"][i], float(raw["anemia"][0, 0]), atol=1e-5), family
 
 
-def test_slot_set_all_cells_equals_streaming_its_cells_in_chunks():
+def test_a_streaming_model_folds_a_large_sample_in_chunks_with_the_whole_set_result(monkeypatch):
+    import flowrbc.inputs as inputs
+
     X, offsets = _ragged([300])
     model = _model("slot_set")
-    whole = predict_all_cells(model, X, offsets, np.arange(1), TARGETS)
-    with torch.no_grad():
-        state = model.init_state(1)
-        for lo in range(0, 300, 64):
-            state = model.update(state, X[None, lo : lo + 64])
-        streamed = model.finalize(state)
-    assert np.isclose(whole["hematocrit"][0], float(streamed["hematocrit"][0, 0]) * 4.0 + 40.0, atol=1e-5)
+    whole = predict_sets_each(model, X, offsets, np.arange(1), TARGETS, [None], cells=None)[0]
+    chunks = []
+    update = model.update
+    model.update = lambda state, x, mask=None: chunks.append(x.shape[1]) or update(state, x, mask)
+    monkeypatch.setattr(inputs, "PREDICT_ELEMENTS", 64)
+    streamed = predict_sets_each(model, X, offsets, np.arange(1), TARGETS, [None], cells=None)[0]
+    assert chunks == [64, 64, 64, 64, 44]
+    assert np.isclose(whole["hematocrit"][0], streamed["hematocrit"][0], atol=1e-5)
 
 
 def test_draws_come_from_their_own_sample_and_average():

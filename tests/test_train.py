@@ -93,3 +93,31 @@ def test_index_inputs_follow_the_covariates_and_survive_covariate_dropout(cohort
     train_cohort(cohort, TrainConfig(**TINY, index_inputs=False), tmp_path / "cells", plots=False)
     payload = load_checkpoint(tmp_path / "cells" / "model.pt")
     assert payload["index_inputs"] is None and payload["model_config"]["covariates"] == 2
+
+
+def test_a_model_trained_on_every_cell_predicts_on_every_cell(tmp_path):
+    """``set_size=None``: each training set is a bootstrap of the patient's cells (ragged,
+    masked), and the predictor reads each patient's every cell in one set."""
+    from flowrbc.predictor import Predictor
+    from flowrbc.prepare import TrainingData
+
+    from flowrbc.io.cohort import Cohort
+
+    full = synthetic_cohort(n_patients=60, n_cells=80, seed=12)
+    keep = [np.arange(full.offsets[i], full.offsets[i + 1] - 7 * (i % 3)) for i in range(full.n_samples)]  # ragged
+    counts = [len(k) for k in keep]
+    cohort = Cohort(full.X[np.concatenate(keep)], np.concatenate([[0], np.cumsum(counts)]), full.samples,
+                    full.channels, full.roles, "ragged")
+    data = TrainingData.of(cohort, targets=None, covariates=None, index_inputs=False, set_size=None,
+                           device=torch.device("cpu"))
+    idx = torch.as_tensor(data.split["train"][:8])
+    x, mask = data.draw(idx, None, torch.Generator().manual_seed(0))
+    n = (data.prep.offsets[idx + 1] - data.prep.offsets[idx]).tolist()
+    assert x.shape[1] == max(n) and mask.sum(1).tolist() == n  # as many cells as each patient has
+    result = train_cohort(cohort, TrainConfig(**dict(TINY, set_size=None)), tmp_path / "all", plots=False)
+    predictor = Predictor.load(result.run_dir / "model.pt")
+    assert predictor.set_size is None
+    prep = predictor.prepare_cohort(cohort, np.arange(6))
+    once, _ = predictor.predict(prep, seed=0)
+    again, _ = predictor.predict(prep, seed=9, draws=1)  # no draws: the seed changes nothing
+    np.testing.assert_array_equal(once.value["hematocrit"], again.value["hematocrit"])

@@ -89,6 +89,15 @@ ChannelOpt = Annotated[
 ]
 
 
+DatasetOpt = Annotated[
+    int,
+    typer.Option(
+        "--dataset", min=0,
+        help="Which data set of a file holding several to read (0 = the first); `flowrbc info` lists them.",
+    ),
+]
+
+
 ScaleOpt = Annotated[
     list[str] | None,
     typer.Option(

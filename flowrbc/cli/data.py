@@ -10,6 +10,7 @@ import typer
 from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
+    DatasetOpt,
     OutOpt,
     ScaleOpt,
     SeedOpt,
@@ -81,6 +82,7 @@ def ingest(
         "--scale-from-clinical", help="Derive each file's volume / hemoglobin factors from the clinical table's "
         "mcv / mch columns (the gated cells' mean volume = MCV, mean content = MCH); stored per sample.")] = False,
     seed: SeedOpt = 0,
+    dataset: DatasetOpt = 0,
 ) -> None:
     """Build a cohort (.h5ad) from FCS files: resolve channels, gate, QC, match clinical rows, split."""
     overrides = parse_channel_map(channel)
@@ -99,7 +101,8 @@ def ingest(
                 bar.update(task, advance=1, status=path.name)
 
             result = ingest_fcs(directory, clinical, channels=overrides or None, strict=strict, seed=seed,
-                                on_file=on_file, scales=scales, scale_from_clinical=scale_from_clinical)
+                                on_file=on_file, scales=scales, scale_from_clinical=scale_from_clinical,
+                                dataset=dataset)
         write_cohort(result.cohort, out)
     c = result.cohort
     s = c.samples

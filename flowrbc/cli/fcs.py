@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from flowrbc.cli._app import app
-from flowrbc.cli._common import ChannelOpt, ScaleOpt, console, parse_channel_map, parse_scale_map, user_errors
+from flowrbc.cli._common import (
+    ChannelOpt,
+    DatasetOpt,
+    ScaleOpt,
+    console,
+    parse_channel_map,
+    parse_scale_map,
+    user_errors,
+)
 from flowrbc.cli._format import number
 
 _COLUMNS = ("#", "name", "label", "range", "bits", "ampl.", "gain", "min", "median", "max")
@@ -19,7 +27,7 @@ _TEXT_COLUMNS = ("name", "label", "ampl.")
 def info(
     file: Annotated[Path, typer.Argument(help="An FCS file (2.0, 3.0 or 3.1).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    dataset: Annotated[int, typer.Option("--dataset", help="Data set to read (0 = first).")] = 0,
+    dataset: DatasetOpt = 0,
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
 ) -> None:
@@ -56,10 +64,22 @@ def info(
     console.print(table)
     console.print(f"events: {s['events']:,}   FCS {s['fcs_version']}   data type {s['datatype']}   "
                   f"instrument: {s['instrument'] or '-'}", highlight=False)
+    if s["n_datasets"] > 1:
+        console.print(f"data sets: {_datasets(s['datasets'], s['dataset'])}", highlight=False)
     console.print(f"events with NaN/inf: {s['events_with_non_finite']:,}   RBC roles: {_roles(s['units'])}",
                   highlight=False)
     for w in s["warnings"] + [u["problem"] for u in (s["units"] or {}).values() if u["problem"]]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _datasets(datasets: list[dict], shown: int) -> str:
+    """``--dataset 0: FCS 2.0, 27,072 events, 4 parameters (shown); --dataset 1: ...``."""
+    def count(v: int | None) -> str:
+        return "?" if v is None else f"{v:,}"
+
+    return "; ".join(f"--dataset {d['dataset']}: FCS {d['version']}, {count(d['events'])} events, "
+                     f"{count(d['parameters'])} parameters" + (" (shown)" if d["dataset"] == shown else "")
+                     for d in datasets)
 
 
 def _roles(units: dict | None) -> str:

@@ -11,6 +11,7 @@ import typer
 from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
+    DatasetOpt,
     Device,
     DeviceOpt,
     Format,
@@ -47,6 +48,13 @@ def _load_cohort(path: Optional[Path], patients: Optional[int] = None, cells: Op
     return read_cohort(path)
 
 
+def _count(option: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"{option} {value!r}: a whole number or 'all'")
+
+
 @app.command()
 def train(
     cohort: Annotated[Optional[Path], typer.Argument(help="Cohort .h5ad; default: the built-in synthetic cohort.")] = None,
@@ -71,7 +79,9 @@ def train(
                                                  min=1)] = None,
     fresh: Annotated[int, typer.Option("--fresh", help="Built-in cohort: also score on this many fresh patients "
                                        "of another seed (0: none).", min=0)] = 5000,
-    set_size: Annotated[Optional[int], typer.Option("--set-size", help="Cells per set, resampled every epoch.")] = None,
+    set_size: Annotated[Optional[str], typer.Option("--set-size", help="Cells per training set, redrawn every "
+                                                    "step (default 250), or 'all': as many as each patient has, "
+                                                    "and prediction on every cell.")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
@@ -93,12 +103,14 @@ def train(
         from flowrbc.train import TrainConfig, train_cohort
 
         given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, inducing=inducing,
-                     lean=lean or None, set_size=set_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                     lean=lean or None, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, targets=tuple(target) if target else None)
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
                              coverage=coverage, hybrid=hybrid, index_inputs=index_inputs)
+        if set_size is not None:
+            config.set_size = None if set_size.strip().lower() == "all" else _count("--set-size", set_size)
         if resume and out is None:
             out = Path("runs/latest").resolve()
         data = _load_cohort(cohort, patients, cells)
@@ -171,6 +183,7 @@ def predict(
     seed: SeedOpt = 0,
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
+    dataset: DatasetOpt = 0,
     sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's "
                                                "SEX keyword, else unknown).")] = None,
     age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
@@ -204,7 +217,7 @@ def predict(
         for p in paths:
             try:
                 result = predict_file(predictor, p, overrides=overrides, coverage=coverage, all_cells=all_cells,
-                                      seed=seed, covariates=covariates, scales=scales)
+                                      seed=seed, covariates=covariates, scales=scales, dataset=dataset)
                 if report is None:
                     result.cells = None  # a page needs them; a table row does not
                 results.append(result)

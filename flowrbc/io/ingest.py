@@ -97,6 +97,7 @@ def ingest_fcs(
     on_file: Callable[[Path, str | None], None] | None = None,
     scales: dict[str, float] | None = None,
     scale_from_clinical: bool = False,
+    dataset: int = 0,
 ) -> IngestResult:
     """Build a cohort from a folder of FCS files and a clinical table.
 
@@ -106,6 +107,7 @@ def ingest_fcs(
     else the file stem). A file that cannot be used is skipped with its reason
     (``strict``: the first such file raises). Splits come from a ``split`` column, else
     ``assign_splits(n, seed)``. ``on_file(path, problem_or_None)`` reports progress.
+    ``dataset`` picks the data set of files holding several (0 = the first).
 
     Channels in instrument units: ``scales`` (role -> factor) multiply every file's channel;
     ``scale_from_clinical`` derives each file's factors from the table's ``mcv`` (volume)
@@ -136,7 +138,7 @@ def ingest_fcs(
     for path in files:
         problem = None
         try:
-            raw = read_sample(path, overrides=channels)  # events (n_events, 2) in ROLES order
+            raw = read_sample(path, overrides=channels, dataset=dataset)  # events (n_events, 2) in ROLES order
             row = by_file.get(path.name)
             if row is None:
                 sid = _sample_id_of(raw.keywords, path)

@@ -62,11 +62,12 @@ class GatedSample:
 
 
 def read_sample(path: str | os.PathLike, *, model_channels: Sequence[tuple[str, str]] = (),
-                overrides: dict[str, str] | None = None) -> RawSample:
-    """Read ``path`` and pick its role columns: ``overrides`` (role -> channel, ``--channel``),
-    then ``model_channels`` (a checkpoint's ``(role, channel)`` pairs; its roles and their
-    order are then the sample's), then the aliases. A file lacking a role is refused."""
-    data = read_fcs_data(path)
+                overrides: dict[str, str] | None = None, dataset: int = 0) -> RawSample:
+    """Read data set ``dataset`` of ``path`` (``--dataset``; 0 = the first) and pick its role
+    columns: ``overrides`` (role -> channel, ``--channel``), then ``model_channels`` (a
+    checkpoint's ``(role, channel)`` pairs; its roles and their order are then the sample's),
+    then the aliases. A file lacking a role is refused."""
+    data = read_fcs_data(path, dataset=dataset)
     roles = [r for r, _ in model_channels] or list(ROLES)
     try:
         cols = select_channels(data.names, data.labels, roles, model_channels, overrides)
@@ -97,7 +98,7 @@ def gate_sample(raw: RawSample, *, scales: dict[str, float] | None = None,
 
 def load_sample(path: str | os.PathLike, *, model_channels: Sequence[tuple[str, str]] = (),
                 overrides: dict[str, str] | None = None, scales: dict[str, float] | None = None,
-                trained_ranges: dict[str, dict] | None = None) -> GatedSample:
+                trained_ranges: dict[str, dict] | None = None, dataset: int = 0) -> GatedSample:
     """``read_sample`` then ``gate_sample``: what ``flowrbc predict`` and the report read."""
-    raw = read_sample(path, model_channels=model_channels, overrides=overrides)
+    raw = read_sample(path, model_channels=model_channels, overrides=overrides, dataset=dataset)
     return gate_sample(raw, scales=scales, trained_ranges=trained_ranges)

@@ -4,9 +4,10 @@ instrument units.
 An RBC analyser reports cell volume in fL and hemoglobin content in pg; a flow cytometer's
 FSC-A and SSC-A are in its own units (0 to 262 144 on an 18-bit instrument). A scale
 factor per role converts them, ``x_model = FACTOR * x_file`` (``--scale volume=0.09``).
-Nothing is rescaled unless asked: ``check_units`` refuses a channel whose median lies far
-outside the range the model was trained on (or, without a model, the range the RBC gate
-accepts), naming the channel, its median, that range and the option that rescales it.
+Nothing is rescaled unless asked: ``check_units`` refuses a file with a channel whose median
+lies far outside the range the model was trained on (or, without a model, the range the
+RBC gate accepts), naming in one line every channel out of range, each with its median,
+that range and the factor that rescales it.
 ``clinical_scales`` derives a file's factors from the analyser's MCV and MCH for the same
 sample (numpy only: this module is on the ``predict`` path).
 """
@@ -59,39 +60,62 @@ def apply_scales(x: np.ndarray, roles: Sequence[str], scales: dict[str, float] |
 def unit_problems(x: np.ndarray, roles: Sequence[str], channels: Sequence[str],
                   reference: dict[str, tuple[float, float, str]],
                   scales: dict[str, float] | None = None, far: float = FAR) -> list[str]:
-    """One sentence per role whose (already scaled) column ``x[:, j]`` has its median of
-    finite values outside ``[lo / far, hi * far]``; empty when every channel looks right.
-    The median is over at most ``MAX_ROWS`` evenly strided events (a unit is off by orders
-    of magnitude; a subsample tells as well as every event)."""
-    problems = []
+    """The sentences of ``role_problems``, in ``roles`` order."""
+    return list(role_problems(x, roles, channels, reference, scales, far).values())
+
+
+def role_problems(x: np.ndarray, roles: Sequence[str], channels: Sequence[str],
+                  reference: dict[str, tuple[float, float, str]],
+                  scales: dict[str, float] | None = None, far: float = FAR) -> dict[str, str]:
+    """Role -> a sentence naming its channel, its median, the range and the factor that
+    rescales it; empty unless some role's (already scaled) column ``x[:, j]`` has its median
+    of finite values outside ``[lo / far, hi * far]``. Then every role whose median lies
+    outside ``[lo, hi]`` is named, not only the far ones: a channel a few times off would be
+    refused next (by this check or the RBC gate) once the first is rescaled, and one refusal
+    should give the whole corrected command. The median is over at most ``MAX_ROWS`` evenly
+    strided events (a unit is off by orders of magnitude; a subsample tells as well as every
+    event)."""
     sub = x[:: max(1, len(x) // MAX_ROWS)]  # (<= ~MAX_ROWS, k)
+    medians, means = {}, {}
     for j, role in enumerate(roles):
         col = sub[:, j][np.isfinite(sub[:, j])]
-        lo, hi, what = reference[role]
-        if not col.size or not math.isfinite(lo):
-            continue
-        median = float(np.median(col))
-        if lo / far <= median <= hi * far:
-            continue
-        unit, factor = UNITS.get(role, ""), (scales or {}).get(role)
-        if what == TRAINED and median > 0:  # the factor bringing the median to the range's geometric centre
-            centre = math.sqrt(lo * hi)
-            suggest = float(f"{centre / median * (factor or 1):.2g}")
-            hint = f"about {suggest:g} puts its median at {centre:.3g} {unit}"
-        else:  # no model: the sample's own analyser value is the honest reference
-            mean = float(np.mean(col)) / (factor or 1)  # of the channel as stored
-            hint = f"the sample's {CLINICAL[role].upper()} / the channel's mean {mean:.4g}"
-        scaled = f" x {factor:g}" if factor else ""
-        where = f"{'far ' if far > 1 else ''}outside the {lo:.3g}-{hi:.3g} {unit} {what}"
-        problems.append(f"channel {channels[j]!r}{scaled} ({role}) has median {median:.4g}, {where}: it looks "
-                        f"uncalibrated (instrument units); rescale it with --scale {role}=FACTOR ({hint})")
-    return problems
+        if col.size and math.isfinite(reference[role][0]):
+            medians[role], means[role] = float(np.median(col)), float(np.mean(col))
+
+    def beyond(role: str, f: float) -> bool:
+        lo, hi, _ = reference[role]
+        return not lo / f <= medians[role] <= hi * f
+
+    if not any(beyond(role, far) for role in medians):
+        return {}
+    return {role: _problem(channels[j], role, medians[role], means[role], reference[role],
+                           (scales or {}).get(role), far > 1 and beyond(role, far))
+            for j, role in enumerate(roles) if role in medians and beyond(role, 1.0)}
+
+
+def _problem(channel: str, role: str, median: float, mean: float, reference: tuple[float, float, str],
+             factor: float | None, far: bool) -> str:
+    """The sentence for one channel out of range (``far``: far outside); ``factor``: the
+    scale already applied."""
+    lo, hi, what = reference
+    unit = UNITS.get(role, "")
+    if what == TRAINED and median > 0:  # the factor bringing the median to the range's geometric centre
+        centre = math.sqrt(lo * hi)
+        suggest = float(f"{centre / median * (factor or 1):.2g}")
+        hint = f"about {suggest:g} puts its median at {centre:.3g} {unit}"
+    else:  # no model: the sample's own analyser value is the honest reference
+        hint = f"the sample's {CLINICAL[role].upper()} / the channel's mean {mean / (factor or 1):.4g}"
+    scaled = f" x {factor:g}" if factor else ""
+    where = f"{'far ' if far else ''}outside the {lo:.3g}-{hi:.3g} {unit} {what}"
+    return (f"channel {channel!r}{scaled} ({role}) has median {median:.4g}, {where}: it looks "
+            f"uncalibrated (instrument units); rescale it with --scale {role}=FACTOR ({hint})")
 
 
 def check_units(path, x: np.ndarray, roles: Sequence[str], channels: Sequence[str],
                 reference: dict[str, tuple[float, float, str]],
                 scales: dict[str, float] | None = None) -> None:
-    """Raise ``ChannelError("<path>: ...")`` (one line) when ``unit_problems`` finds any."""
+    """Raise ``ChannelError("<path>: ...")`` when ``unit_problems`` finds any: one line
+    naming every channel out of range, so that one corrected command reads the file."""
     problems = unit_problems(x, roles, channels, reference, scales)
     if problems:
         raise ChannelError(f"{path}: " + "; ".join(problems))

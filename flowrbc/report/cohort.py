@@ -46,7 +46,7 @@ def _values(predictor, prep, cohort, idx: np.ndarray, seed: int) -> list[dict]:
             if name in samples.columns:
                 r[name] = s[name] if name == "sex" else float(s[name])
         r.update(n_events=int(s.get("n_events", n_cells[j])), cells_used=int(n_cells[j]),
-                 draws=int(sets_per_sample(n_cells[j], predictor.set_size, DRAWS)),
+                 draws="all" if predictor.set_size is None else int(sets_per_sample(n_cells[j], predictor.set_size, DRAWS)),
                  qc_flags=[c.removeprefix("flag_") for c in flags if bool(s[c])], error=None)
         rows.append(r)
     return rows

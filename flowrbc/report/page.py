@@ -206,7 +206,7 @@ def _prediction_section(case: PatientCase, model: ModelInfo, sources: Sources) -
                      f'the call is “yes” at {model.threshold:g} or above (black line). Anemia as the model '
                      f'learned it: WHO hemoglobin thresholds {who}.</p>{truth}</div>')
     draws = v.get("draws")
-    how = ("every gated cell, streamed" if draws == "all"
+    how = ("every gated cell, in one set" if draws == "all"
            else f"the average over {draws} disjoint random subsets of {model.cells} cells")
     seed = f", seed {case.seed}" if case.seed is not None else ""
     sex_age = f"sex {v.get('sex') or 'unknown'}, age {fmt(v.get('age'), 0) if v.get('age') is not None else 'unknown'}"

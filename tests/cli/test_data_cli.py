@@ -196,3 +196,41 @@ def test_ingest_scale_from_clinical_mcv_and_mch(cytometer_dir, tmp_path):
     res = runner.invoke(app, ["ingest", str(d), "--clinical", str(no_mcv), "--scale-from-clinical",
                               "--channel", "volume=FSC-A", "--channel", "hemoglobin=SSC-A"])
     assert res.exit_code == 1 and "needs an 'mcv' and/or 'mch' column" in res.output
+
+
+@pytest.mark.filterwarnings("ignore:.*off by one")  # data set 0's $ENDDATA, as the FC500 writes it
+def test_ingest_reads_the_data_set_asked_for(simdir, tmp_path):
+    """Each file: an FC500-like scatter data set 0, then the simulated file as data set 1."""
+    from tests.io.fcs_builders import fc500_like
+
+    d = tmp_path / "two"
+    d.mkdir()
+    for f in sorted(simdir.glob("*.fcs")):
+        (d / f.name).write_bytes(fc500_like(n=50, second=f.read_bytes())[0])
+    args = ["ingest", str(d), "--clinical", str(simdir / "clinical.csv")]
+    res = runner.invoke(app, args + ["-o", str(tmp_path / "none.h5ad")], env={"COLUMNS": "300"})
+    assert res.exit_code == 1 and "no channel found for volume" in res.output
+    res = runner.invoke(app, args + ["--dataset", "1", "-o", str(tmp_path / "one.h5ad")])
+    assert res.exit_code == 0, res.output
+    plain = tmp_path / "plain.h5ad"
+    assert runner.invoke(app, ["ingest", str(simdir), *args[2:], "-o", str(plain)]).exit_code == 0
+    np.testing.assert_array_equal(read_cohort(tmp_path / "one.h5ad").X, read_cohort(plain).X)
+
+
+def test_ingest_names_every_channel_out_of_range_on_one_line_per_file(simdir, tmp_path):
+    """FSC-A 11x and SSC-A 40x fL and pg: SSC-A is far outside the RBC gate's range, FSC-A
+    only outside it, and each file's one line names both."""
+    from tests.instrument_units import to_instrument_units
+
+    d = tmp_path / "cyt"
+    d.mkdir()
+    for f in sorted(simdir.glob("*.fcs"))[:3]:
+        to_instrument_units(f, d / f.name, {"volume": 1 / 11, "hemoglobin": 1 / 40})
+    res = runner.invoke(app, ["ingest", str(d), "--clinical", str(simdir / "clinical.csv"), "--channel",
+                              "volume=FSC-A", "--channel", "hemoglobin=SSC-A", "-o", str(tmp_path / "x.h5ad")],
+                        env={"COLUMNS": "100"})
+    lines = [line for line in res.output.splitlines() if "skipped:" in line]
+    assert res.exit_code == 1 and len(lines) == 3, res.output
+    for line, f in zip(lines, sorted(d.glob("*.fcs"))):
+        assert f"skipped: {f}: channel 'FSC-A' (volume) has median" in line
+        assert "outside the 20-250 fL the RBC gate accepts" in line and "channel 'SSC-A' (hemoglobin)" in line

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flowrbc.cli import app
 from flowrbc.cli._format import number
 from flowrbc.io.fcs import write_fcs_arrays
-from tests.io.fcs_builders import int_file
+from tests.io.fcs_builders import fc500_like, int_file
 
 runner = CliRunner()
 
@@ -66,6 +66,34 @@ def test_info_bad_files(tmp_path):
         assert name in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["info", str(_good(tmp_path)), "--dataset", "3"])
     assert res.exit_code == 1 and "data set 3 requested" in res.output
+
+
+def test_info_lists_every_data_set_of_an_fc500_like_file(tmp_path):
+    raw, words = fc500_like(n=200)
+    path = tmp_path / "fc500.lmd"
+    path.write_bytes(raw)
+    res = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert ("data sets: --dataset 0: FCS 2.0, 200 events, 4 parameters (shown); "
+            "--dataset 1: FCS 3.0, 200 events, 6 parameters") in res.output
+    assert "FCS 2.0" in res.output and "off by one" in res.output
+    s = json.loads(runner.invoke(app, ["info", str(path), "--json"]).output)
+    assert [c["bits"] for c in s["channels"]] == [10] * 4
+    assert s["channels"][0]["max"] == float((words[:, 0] & 1023).max())
+    assert [(d["version"], d["events"], d["parameters"]) for d in s["datasets"]] == [("2.0", 200, 4), ("3.0", 200, 6)]
+    s = json.loads(runner.invoke(app, ["info", str(path), "--json", "--dataset", "1"]).output)
+    assert s["fcs_version"] == "3.0" and len(s["channels"]) == 6
+
+
+def test_info_on_an_unreadable_data_set_says_which_reads(tmp_path):
+    path = tmp_path / "hist.lmd"
+    path.write_bytes(fc500_like(n=20, first={"$MODE": "C"})[0])
+    res = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "400"})
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "$MODE=C is not supported" in res.output and "the file holds data sets 0 (FCS 2.0, 20 events" in res.output
+    assert "--dataset 1 reads" in res.output
+    assert runner.invoke(app, ["info", str(path), "--dataset", "1"]).exit_code == 0
+    assert runner.invoke(app, ["info", str(path), "--dataset", "-1"]).exit_code == 2  # typer: not an index
 
 
 _NAMES = ["FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "FITC-A", "PE-A", "PerCP-Cy5-5-A",

@@ -74,6 +74,46 @@ def test_report_of_an_instrument_unit_file_is_scaled_as_predict_scales_it(traine
     assert record == row and record["scale_volume"] == FACTORS["volume"]
 
 
+@pytest.mark.filterwarnings("ignore:.*off by one")  # data set 0's $ENDDATA, as the FC500 writes it
+def test_predict_reads_the_data_set_asked_for(trained, tmp_path):
+    from tests.io.fcs_builders import fc500_like
+
+    root, model = trained
+    fcs = sorted((root / "fcs").glob("*.fcs"))[0]
+    two = tmp_path / "two.lmd"
+    two.write_bytes(fc500_like(n=50, second=fcs.read_bytes())[0])  # data set 0: scatter, no RBC channels
+    args = ["--model", model, "--format", "json", "--seed", "7"]
+    want = json.loads(runner.invoke(app, ["predict", str(fcs), *args]).stdout)[0]
+    out = runner.invoke(app, ["predict", str(two), "--dataset", "1", *args])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)[0] == {**want, "file": str(two)}
+    refused = runner.invoke(app, ["predict", str(two), *args])
+    assert refused.exit_code == 1 and "two.lmd: lacks the model's channels" in refused.stderr
+
+
+def test_predict_names_every_channel_out_of_range_once_and_its_factors_predict(trained, tmp_path):
+    """FSC-A 11x and SSC-A 31x the model's fL and pg: one refusal names both with their
+    factors, and one command giving them predicts."""
+    from tests.instrument_units import to_instrument_units
+
+    root, model = trained
+    cyto = to_instrument_units(sorted((root / "fcs").glob("*.fcs"))[0], tmp_path / "cyto.fcs",
+                               {"volume": 1 / 11, "hemoglobin": 1 / 31})
+    args = ["predict", str(cyto), "--model", model, "--format", "json", "--channel", "volume=FSC-A",
+            "--channel", "hemoglobin=SSC-A"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and refused.stderr.count("error:") == 1
+    message = refused.stderr.strip()
+    assert "\n" not in message and message.startswith(f"error: {cyto}: channel 'FSC-A' (volume) has median")
+    assert "channel 'SSC-A' (hemoglobin) has median" in message
+    factors = re.findall(r"--scale (\w+)=FACTOR \(about ([\d.e-]+)", message)
+    assert [role for role, _ in factors] == ["volume", "hemoglobin"]
+    out = runner.invoke(app, args + [a for role, f in factors for a in ("--scale", f"{role}={f}")])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.stdout)[0]
+    assert row["scale_volume"] == float(factors[0][1]) and row["cells_used"] > 250
+
+
 def test_bad_inputs_are_one_line_errors(trained, tmp_path):
     root, model = trained
     fcs = str(sorted((root / "fcs").glob("*.fcs"))[0])

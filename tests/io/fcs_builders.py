@@ -16,7 +16,8 @@ _W = 10  # digits of the offsets written into TEXT
 
 
 def pack_ints(values: np.ndarray, widths: Sequence[int], order: str = "<") -> bytes:
-    """Pack unsigned ints ``(n, p)`` with per-channel bit widths (multiples of 8)."""
+    """Pack unsigned ints ``(n, p)`` with per-channel bit widths (multiples of 8): the words
+    of the file, whatever its $PnB say."""
     values = np.asarray(values, dtype=np.uint64)
     out = bytearray()
     big = order == ">"
@@ -127,6 +128,25 @@ def float_file(values: np.ndarray, *, double: bool = False, order: str = "<",
     kw.update(channel_keywords(names, bits, ranges or [1024] * p, amps, gains, labels))
     kw.update(extra or {})
     return build_fcs(kw, pack_floats(values, double, order), **build)
+
+
+def fc500_like(n: int = 500, seed: int = 0, first: dict[str, str] | None = None,
+               second: bytes | None = None) -> tuple[bytes, np.ndarray]:
+    """Two data sets laid out as a Beckman Coulter FC500 .LMD file: data set 0 is FCS 2.0 with
+    four 10-bit parameters ($PnR 1024) in 16-bit little-endian words whose high bits are set,
+    its DATA one byte longer than $TOT x 8 bytes; data set 1, at $NEXTDATA, is ``second``
+    (a whole FCS file's bytes), by default FCS 3.0 float. ``first``: keywords replacing data
+    set 0's. Returns the bytes and data set 0's stored words (n, 4)."""
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 1 << 16, (n, 4))  # the value in the low 10 bits, other bits set
+    kw = base_keywords(n, "I", "1,2", par=4, **channel_keywords(["FS", "SS", "FL1", "FL2"], [10] * 4, [1024] * 4))
+    kw.update(first or {})
+    data = pack_ints(words, [16] * 4) + b"\0"  # $ENDDATA counts one byte past the last event
+    start = len(build_fcs(kw, data, version="2.0", nextdata=0))
+    if second is None:
+        second = float_file(rng.uniform(0, 1024, (n, 6)), names=["FS", "SS", "FL1", "FL2", "FS INT", "SS INT"],
+                            version="3.0")
+    return build_fcs(kw, data, version="2.0", nextdata=start) + second, words
 
 
 def write(tmp_path: Path, name: str, content: bytes) -> Path:

@@ -3,6 +3,8 @@ counts that ``load_sample`` (what ``flowrbc predict`` and the report read) gives
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from flowrbc.errors import ChannelError
 from flowrbc.io.fcs import write_fcs_arrays
 from flowrbc.io.ingest import ingest_fcs
 from flowrbc.io.sample import gate_sample, load_sample, read_sample
+from tests.io.fcs_builders import fc500_like
 
 NAMES = ["RBC Volume", "RBC Hb"]
 FACTORS = {"volume": 0.1, "hemoglobin": 0.05}  # a file stored in 0.1 fL and 0.05 pg units
@@ -90,3 +93,37 @@ def test_unusable_files_are_one_line_errors_naming_the_file(tmp_path):
     with pytest.raises(ChannelError, match=r"debris.fcs: no events pass the RBC gate \(20 events\)") as info:
         load_sample(debris)
     assert "\n" not in str(info.value)
+
+
+def test_one_refusal_names_both_channels_and_its_factors_read_the_file(tmp_path):
+    """FSC-A 11x and SSC-A 31x the model's fL and pg: one refusal names both, and the
+    factors it suggests, given together, read the file."""
+    x = _events(np.random.default_rng(3), 400)
+    path = tmp_path / "cyto.fcs"
+    write_fcs_arrays(path, x * np.float32([11, 31]), ["FSC-A", "SSC-A"])
+    mapped = {"volume": "FSC-A", "hemoglobin": "SSC-A"}
+    trained = {"volume": {"p001": 60.0, "p999": 130.0}, "hemoglobin": {"p001": 18.0, "p999": 45.0}}
+    with pytest.raises(ChannelError) as info:
+        load_sample(path, overrides=mapped, trained_ranges=trained)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: channel 'FSC-A' (volume) has median ") and "\n" not in msg
+    assert "outside the 60-130 fL" in msg and "channel 'SSC-A' (hemoglobin)" in msg
+    assert "far outside the 18-45 pg" in msg
+    factors = {role: float(f) for role, f in re.findall(r"--scale (\w+)=FACTOR \(about ([\d.e-]+)", msg)}
+    assert set(factors) == {"volume", "hemoglobin"}
+    sample = load_sample(path, overrides=mapped, trained_ranges=trained, scales=factors)
+    assert len(sample.cells) == 400 and sample.scales == factors
+
+
+@pytest.mark.filterwarnings("ignore:.*off by one")  # data set 0's $ENDDATA, as the FC500 writes it
+def test_the_data_set_asked_for_is_the_one_read(tmp_path):
+    x = _events(np.random.default_rng(4), 300)
+    single = tmp_path / "rbc.fcs"
+    write_fcs_arrays(single, x, NAMES, keywords={"FLOWRBC_SEX": "F"})
+    path = tmp_path / "two.lmd"
+    path.write_bytes(fc500_like(second=single.read_bytes())[0])  # data set 0: scatter, no RBC channels
+    with pytest.raises(ChannelError, match="two.lmd: no channel found for volume"):
+        load_sample(path)
+    sample = load_sample(path, dataset=1)
+    np.testing.assert_array_equal(sample.cells, load_sample(single).cells)
+    assert sample.keywords["FLOWRBC_SEX"] == "F"

@@ -64,3 +64,21 @@ def test_clinical_scales_bring_gated_means_to_mcv_and_mch():
     assert fixed["hemoglobin"] == true[1] and fixed["volume"] == pytest.approx(true[0], rel=0.01)
     with pytest.raises(ChannelError, match="clinical mcv"):
         clinical_scales(x, ROLES, {"volume": float("nan")})
+
+
+def test_one_refusal_names_every_channel_out_of_range_with_its_factor():
+    """Volume 11x (within FAR of the range, but outside it and the gate) and hemoglobin 31x:
+    both are named, each with a factor that brings it into range, and the factors together pass."""
+    x = _cells() * [11.0, 31.0]
+    trained = {"volume": {"p001": 60.0, "p999": 130.0}, "hemoglobin": {"p001": 18.0, "p999": 45.0}}
+    ref = reference_ranges(ROLES, trained)
+    volume, hemoglobin = unit_problems(x, ROLES, ["FSC-A", "SSC-A"], ref)
+    assert volume.startswith("channel 'FSC-A' (volume) has median ") and ", outside the 60-130 fL" in volume
+    assert hemoglobin.startswith("channel 'SSC-A' (hemoglobin)") and "far outside the 18-45 pg" in hemoglobin
+    factors = {role: float(p.split("(about ")[1].split()[0]) for role, p in zip(ROLES, (volume, hemoglobin))}
+    scaled = apply_scales(x, ROLES, factors)
+    assert unit_problems(scaled, ROLES, ["FSC-A", "SSC-A"], ref, factors) == []
+    assert pp.rbc_gate(scaled[:, 0], scaled[:, 1]).mean() > 0.99
+    gate = unit_problems(x, ROLES, ["FSC-A", "SSC-A"], reference_ranges(ROLES))  # no model: the gate's range
+    assert len(gate) == 2 and "outside the 20-250 fL the RBC gate accepts" in gate[0]
+    assert unit_problems(x * [1.0, 1 / 31], ROLES, ["FSC-A", "SSC-A"], ref) == []  # 11x alone: the gate tells

@@ -1,7 +1,10 @@
 """The DATA segment: its layout ($DATATYPE, $BYTEORD, $PnB), where it lies, its stored values.
 
-Integer data is bit-masked to ``ceil(log2 $PnR)`` bits (instruments set the unused high
-bits); float and double data are taken as stored. Decoding to scale values is ``_decode``'s.
+Integer data is bit-masked to its ``$PnB`` bits and to ``ceil(log2 $PnR)`` bits (instruments
+set the unused high bits); float and double data are taken as stored. A ``$PnB`` that is not
+a multiple of 8 (the 10-bit ADCs of FCS 2.0 instruments) gives the bits that count, not the
+storage: such values lie in whole-byte words whose size only the DATA segment's length
+tells (``word_widths``). Decoding to scale values is ``_decode``'s.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import numpy as np
 
 from flowrbc.io.fcs._text import HEADER_SIZE, Reader, int_keyword
 
+_WORDS = (8, 16, 24, 32, 64)  # the integer widths stored as such, and the words holding narrower ones
+
 
 def data_layout(r: Reader, kw: dict, par: int) -> tuple[str, str, list[int]]:
+    """($DATATYPE, numpy byte order, $PnB of each parameter)."""
     mode = kw.get("$MODE", "L").strip().upper() or "L"
     if mode != "L":
         raise r.fail(f"$MODE={mode[:20]} is not supported; only list mode (L), not histograms (C, U)")
@@ -36,8 +42,9 @@ def data_layout(r: Reader, kw: dict, par: int) -> tuple[str, str, list[int]]:
         if b is None:
             raise r.fail(f"$P{i}B is missing ($PAR={par})")
         if datatype == "I":
-            if b not in (8, 16, 24, 32, 64):
-                raise r.fail(f"$P{i}B={b}: only integer widths of 8, 16, 24, 32 and 64 bits are supported")
+            if not 0 < b <= 64 or (b % 8 == 0 and b not in _WORDS):
+                raise r.fail(f"$P{i}B={b}: integer widths of 8, 16, 24, 32 and 64 bits are supported, "
+                             "and narrower values stored in such words")
         else:
             want = 32 if datatype == "F" else 64
             if b != want:
@@ -47,22 +54,56 @@ def data_layout(r: Reader, kw: dict, par: int) -> tuple[str, str, list[int]]:
     return datatype, order, widths
 
 
-def data_span(r: Reader, start: int, head: dict, kw: dict, event_bytes: int,
-               tot: int | None) -> tuple[int, int]:
-    """(first byte, n_events) of the DATA segment, choosing between TEXT and HEADER offsets.
-
-    TEXT $BEGINDATA/$ENDDATA win (HEADER fields may be blank, shifted or 0 for large files);
-    the HEADER is tried when the TEXT offsets do not fit the data. $ENDDATA one byte off is
-    read with a warning; any other disagreement with $TOT is an error."""
+def data_offsets(r: Reader, head: dict, kw: dict) -> list[tuple[str, int, int]]:
+    """The DATA offsets to try, ``(where, begin, end)``: TEXT $BEGINDATA/$ENDDATA first
+    (HEADER fields may be blank, shifted or 0 for large files), then the HEADER's."""
     cands: list[tuple[str, int, int]] = []
     b, e = int_keyword(r, kw, "$BEGINDATA"), int_keyword(r, kw, "$ENDDATA")
     if b is not None and e is not None and (b or e):
         cands.append(("TEXT", b, e))
     hb, he = head["data"]
     if hb is not None and he is not None and (hb or he):
-        if cands and (hb, he) != (b, e):
-            r.warn(f"HEADER DATA offsets {hb}-{he} disagree with TEXT $BEGINDATA/$ENDDATA {b}-{e}; TEXT used")
         cands.append(("HEADER", hb, he))
+    return cands
+
+
+def word_widths(r: Reader, head: dict, kw: dict, bits: list[int], tot: int | None) -> list[int]:
+    """The stored width of each integer parameter: ``bits`` ($PnB) where a whole-byte width,
+    else one word shared by every narrower parameter (instruments store all their ADC values
+    alike): the smallest of 8, 16, 24, 32 and 64 bits holding them whose events fill the DATA
+    segment. A segment that no word fills but bit-packed values would (FCS 2.0 allows it) is
+    refused as bit-packed, any other as a length that fits neither."""
+    odd = [(i, b) for i, b in enumerate(bits, start=1) if b % 8]
+    if not odd:
+        return list(bits)
+    layouts = [[b if b % 8 == 0 else w for b in bits] for w in _WORDS if w >= max(b for _, b in odd)]
+    spans = [e - b + 1 for _, b, e in data_offsets(r, head, kw) if HEADER_SIZE <= b <= e]
+    if not spans or not tot:  # nothing to tell the words by: data_span reports what is wrong
+        return layouts[0]
+    for words in layouts:
+        if any(abs(n - tot * (sum(words) // 8)) <= 1 for n in spans):  # $ENDDATA may be one byte off
+            return words
+    i, b = odd[0]
+    packed = -(-tot * sum(bits) // 8)  # whole bytes holding every bit
+    if any(abs(n - packed) <= 1 for n in spans):
+        raise r.fail(f"$P{i}B={b}: the DATA segment holds {tot} events bit-packed ({sum(bits)} bits per event, "
+                     f"{packed} bytes), not in whole-byte words; bit-packed integer data is not supported")
+    words = layouts[0]
+    raise r.fail(f"$P{i}B={b}: the DATA segment's {spans[0]} bytes fit neither $TOT={tot} events in "
+                 f"{words[i - 1]}-bit words ({tot * (sum(words) // 8)} bytes) nor bit-packed ({packed} bytes)")
+
+
+def data_span(r: Reader, start: int, head: dict, kw: dict, event_bytes: int,
+               tot: int | None) -> tuple[int, int]:
+    """(first byte, n_events) of the DATA segment, choosing between TEXT and HEADER offsets.
+
+    TEXT $BEGINDATA/$ENDDATA win; the HEADER is tried when the TEXT offsets do not fit the
+    data. $ENDDATA one byte off is read with a warning; any other disagreement with $TOT is
+    an error."""
+    cands = data_offsets(r, head, kw)
+    if len(cands) == 2 and cands[0][1:] != cands[1][1:]:
+        (_, b, e), (_, hb, he) = cands
+        r.warn(f"HEADER DATA offsets {hb}-{he} disagree with TEXT $BEGINDATA/$ENDDATA {b}-{e}; TEXT used")
     if tot == 0:
         return (start + cands[0][1] if cands else 0), 0
     if not cands:
@@ -128,9 +169,10 @@ def unpack_ints(seg: np.ndarray, widths: list[int], order: str, n: int) -> np.nd
 
 
 def stored_values(buf: bytes, first: int, n: int, datatype: str, order: str, widths: list[int],
-                  ranges: list[float | None]) -> np.ndarray:
-    """The ``n`` events stored from byte ``first``: (n, p) unsigned ints masked to their
-    ``$PnR`` bits, or floats / doubles as stored (a read-only view of ``buf``)."""
+                  bits: list[int], ranges: list[float | None]) -> np.ndarray:
+    """The ``n`` events stored from byte ``first`` in ``widths``-bit words: (n, p) unsigned
+    ints masked to their ``bits`` ($PnB) and ``$PnR`` bits, or floats / doubles as stored (a
+    read-only view of ``buf``)."""
     event_bytes = sum(widths) // 8
     seg = np.frombuffer(buf, dtype=np.uint8, count=n * event_bytes, offset=first) if n else \
         np.zeros(0, dtype=np.uint8)
@@ -139,10 +181,9 @@ def stored_values(buf: bytes, first: int, n: int, datatype: str, order: str, wid
         return np.frombuffer(seg, dtype=dt, count=n * len(widths)).reshape(n, len(widths))
     stored = unpack_ints(seg, widths, order, n)  # (n, p)
     for j, rng in enumerate(ranges):
-        if rng is not None:
-            bits = max(1, math.ceil(math.log2(rng)))
-            if bits < widths[j]:
-                if not stored.flags.writeable:
-                    stored = stored.copy()
-                stored[:, j] &= stored.dtype.type((1 << bits) - 1)
+        keep = bits[j] if rng is None else min(bits[j], max(1, math.ceil(math.log2(rng))))
+        if keep < widths[j]:
+            if not stored.flags.writeable:
+                stored = stored.copy()
+            stored[:, j] &= stored.dtype.type((1 << keep) - 1)
     return stored

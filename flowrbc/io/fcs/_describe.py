@@ -9,8 +9,9 @@ from flowrbc.io.fcs._read import FCSData
 
 def describe_fcs(d: FCSData, overrides: dict[str, str] | None = None,
                  scales: dict[str, float] | None = None) -> dict:
-    """A JSON-ready summary of one data set: channels, events, instrument, warnings and
-    simple QC (non-finite values, per-channel min/median/max over finite values, RBC roles).
+    """A JSON-ready summary of one data set: channels, events, instrument, every data set
+    of the file (version, events, parameters), warnings and simple QC (non-finite values,
+    per-channel min/median/max over finite values, RBC roles).
 
     ``roles`` maps each RBC role to its channel (``overrides``: role -> channel, as
     ``--channel``; None when not found and none was asked for); ``units`` gives per role
@@ -40,7 +41,7 @@ def describe_fcs(d: FCSData, overrides: dict[str, str] | None = None,
     return {
         "file": d.path, "fcs_version": d.version, "instrument": d.keywords.get("$CYT"),
         "events": d.n_events, "channels": channels, "dataset": d.dataset,
-        "n_datasets": d.n_datasets, "datatype": d.keywords.get("$DATATYPE", "").strip(),
+        "n_datasets": d.n_datasets, "datasets": d.datasets, "datatype": d.keywords.get("$DATATYPE", "").strip(),
         "events_with_non_finite": int((~finite).any(axis=1).sum()),
         "roles": {r: d.names[i] for r, i in cols.items()} if cols else None,
         "units": _units(d, cols, scales) if cols else None,
@@ -50,16 +51,16 @@ def describe_fcs(d: FCSData, overrides: dict[str, str] | None = None,
 
 def _units(d: FCSData, cols: dict[str, int], scales: dict[str, float] | None) -> dict:
     """Per role: channel, scale, median after scaling, the gate's range, problem or None."""
-    from flowrbc.io.units import UNITS, apply_scales, reference_ranges, unit_problems
+    from flowrbc.io.units import UNITS, apply_scales, reference_ranges, role_problems
 
     roles = list(cols)
     x = apply_scales(d.events[:, [cols[r] for r in roles]], roles, scales)  # (n, 2) role order
     ref = reference_ranges(roles)
+    problems = role_problems(x, roles, [d.names[cols[r]] for r in roles], ref, scales)
     out = {}
     for j, role in enumerate(roles):
         col = x[np.isfinite(x[:, j]), j]
-        problem = unit_problems(x[:, [j]], [role], [d.names[cols[role]]], ref, scales)
         out[role] = {"channel": d.names[cols[role]], "scale": (scales or {}).get(role, 1.0),
                      "median": float(np.median(col)) if col.size else None, "unit": UNITS[role],
-                     "gate": list(ref[role][:2]), "problem": problem[0] if problem else None}
+                     "gate": list(ref[role][:2]), "problem": problems.get(role)}
     return out
