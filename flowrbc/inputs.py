@@ -179,9 +179,10 @@ def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, i
                elements: int | None = None):
     """Every cell of each sample ``idx`` in one set, through ``model.embed``: samples sorted by
     size and batched up to ``elements`` padded cells, the padding masked (it never changes a
-    result). A sample larger than ``elements`` goes alone; a streaming (mini-batch-consistent)
-    model then folds it in chunks of ``elements`` cells, so its memory stays flat in the
-    sample's size, with the same result as one pass. ``elements`` None: ``PREDICT_ELEMENTS``.
+    result). A sample larger than ``elements`` goes alone, with the same result as one pass: a
+    streaming (mini-batch-consistent) model folds it in chunks of ``elements`` cells (memory
+    flat in its size); Deep Sets runs it block by block in chunks, each set norm with the whole
+    set's statistics (one (N, D) tensor in memory); other families take it in one pass. ``elements`` None: ``PREDICT_ELEMENTS``.
     -> iterator of (at (L,), z (L, D))."""
     elements = elements or PREDICT_ELEMENTS
     width = model_width(model)
@@ -196,12 +197,14 @@ def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, i
         at = torch.as_tensor(order[lo:hi], device=X.device)  # (L,) sizes ascending: the last is the largest
         nb = n[order[lo:hi]]
         with torch.no_grad(), autocast_for(X.device, True, width, train=False):
-            if hasattr(model, "init_state") and nb[-1] > elements:
+            if nb[-1] > elements and hasattr(model, "init_state"):
                 state = model.init_state(1)
                 for a in range(0, int(nb[-1]), elements):
                     rows = start[at[0]] + torch.arange(a, min(a + elements, int(nb[-1])), device=X.device)
                     state = model.update(state, X[rows][None])  # (1, chunk, C)
                 z = model.finalize_embed(state)
+            elif nb[-1] > elements and hasattr(model, "embed_whole"):
+                z = model.embed_whole(X[start[at[0]] : start[at[0]] + int(nb[-1])], elements)  # (1, D)
             else:
                 pos = torch.arange(int(nb[-1]), device=X.device)  # (N,)
                 n_t = torch.as_tensor(nb, device=X.device)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from flowrbc.inputs import DRAWS, sets_per_sample
+from flowrbc.io.sample import FCS_SUFFIXES
 from flowrbc.predictor import Predictor, load_model  # noqa: F401 (load_model: the CLI's and tests' entry)
 
 # ----------------------------------------------------------------------------- files
@@ -42,13 +43,13 @@ class Prediction:
 
 
 def expand_inputs(items: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; directories -> their ``*.fcs`` files (sorted); globs expanded. A name
+    """Files as given; directories -> their FCS files (``*.fcs``, ``*.lmd``; sorted); globs expanded. A name
     that matches nothing stays, so that reading it reports the problem."""
     out: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() == ".fcs" and q.is_file())
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in FCS_SUFFIXES and q.is_file())
         elif not p.exists() and glob.has_magic(str(item)):
             out += sorted(Path(q) for q in glob.glob(str(item)))
         else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from flowrbc.errors import FlowrbcError
@@ -258,6 +259,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
     predictor.model = model.eval()
     metrics, arrays = assess.finish(predictor, data, cohort_fits, config.coverage, cohort, fresh, reference)
     metrics.update(best_epoch=result.best_epoch, epochs=config.epochs, cohort=cohort.source, targets=list(data.specs),
+                   cells_per_patient=int(np.median(np.diff(cohort.offsets))),
                    n={k: len(v) for k, v in data.split.items()}, wall_time_s=time.perf_counter() - t_start,
                    device=str(device), world_size=world)
     index = cohort_fits.index

@@ -106,3 +106,26 @@ def test_a_sample_keeps_its_sets_in_any_batch():
     _, alone = prediction_sets(X, offsets, torch.tensor([1]), 10, 5, seed=4)
     for (live, rows), (_, mine) in zip(together, alone):
         assert torch.equal(rows[live == 1], mine)
+
+
+def test_deep_sets_embed_a_large_set_in_chunks_exactly(monkeypatch):
+    """Set norm over the whole set, gathered chunk by chunk: the one-pass embedding, for each
+    block kind a Deep Sets model can chunk; an equivariant block falls back to one pass."""
+    import flowrbc.inputs as inputs
+
+    X, offsets = _ragged([203])
+    monkeypatch.setattr(inputs, "PREDICT_ELEMENTS", 17)
+    kinds = [dict(family="deepsets++"), dict(family="deepsets++", pooling="max"),
+             dict(family="deepsets", norm="set", residual="none"), dict(family="deepsets", equivariant="mean")]
+    for kind in kinds:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(width=8, depth=3, outputs={"hematocrit": 1, "anemia": 1}, **kind)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))  # away from the identity-like initial norms
+            whole = model.embed(X[None])  # (1, D)
+        (_, z), = list(inputs.whole_sets(model, X, offsets, torch.tensor([0])))
+        torch.testing.assert_close(z, whole, atol=1e-5, rtol=1e-5)
+        if kind["family"] == "deepsets++" and "pooling" not in kind:
+            assert model.encoder.whole_set(X, 17) is not None
+    assert build_model(ModelConfig(family="deepsets", equivariant="mean", width=8)).encoder.whole_set(X, 17) is None

@@ -154,10 +154,16 @@ def test_all_cells_streams_every_gated_cell_like_the_whole_set(tmp_path):
     assert abs(whole - in_one_pass(cells[:4096])) > 1e-4
 
 
-def test_all_cells_needs_a_streaming_model(run):
+def test_all_cells_reads_every_gated_cell_in_one_set_for_any_family(run):
+    """--all-cells on the default (Deep Sets++) model: one set of every gated cell, so the
+    seed and the draws change nothing."""
     model_path, files = run
-    with pytest.raises(FlowrbcError, match="--all-cells: needs a slot_set model"):
-        predict_file(load_model(model_path), sorted(files.glob("*.fcs"))[0], all_cells=True)
+    model = load_model(model_path)
+    path = sorted(files.glob("*.fcs"))[0]
+    a = predict_file(model, path, all_cells=True, seed=1).to_dict()
+    b = predict_file(model, path, all_cells=True, seed=2, draws=3).to_dict()
+    assert a["draws"] == "all" and a == dict(b, draws="all")
+    assert a["hematocrit"] != predict_file(model, path, seed=1).to_dict()["hematocrit"]
 
 
 def test_instrument_units_are_refused_by_channel_and_predict_once_scaled(run, tmp_path):

@@ -15,12 +15,17 @@ def print_comparison(metrics: dict) -> None:
             _comparison_table(metrics[key], f"{title}: {metrics[key].get('n', '?')} samples")
             _set_model_line(metrics[key])
             _reference_line(metrics[key])
-    bound = metrics.get("fresh", metrics.get("test", {})).get("bound", {})
+    scores = metrics.get("fresh", metrics.get("test", {}))
+    bound = scores.get("bound", {})
     if bound:
-        console.print("* bound: the best prediction from the patient's cell population (infinitely many cells), "
-                      "sex and age — no predictor of the cells can beat it in expectation (synthetic cohorts; "
-                      + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit" in bound else "")
-                      + "flowrbc.synthetic)", highlight=False)
+        cells = metrics.get("cells_per_patient")
+        base = scores.get("baseline", {}).get("hematocrit", {}).get("mse")
+        finite = (f" From the {cells:,} cells per patient of this cohort less is knowable: the moments baseline, "
+                  f"which summarises every one of them, scores {base:.3g}." if cells and base is not None else "")
+        console.print("* bound: the best prediction from the patient's cell population, as infinitely many cells "
+                      "would show it, sex and age — no predictor of the cells can beat it in expectation (synthetic "
+                      "cohorts; " + (f"expected hematocrit MSE {bound['hematocrit']['mse']:.3g}; " if "hematocrit"
+                                     in bound else "") + "flowrbc.synthetic)." + finite, highlight=False)
     console.print(_legend(metrics), highlight=False)
     console.print("Δ paired: model − baseline, paired per patient, ± its SE; ✓ model better, ✗ baseline "
                   "better by more than 2 SE, otherwise a tie", highlight=False)

@@ -10,6 +10,7 @@ import typer
 from flowrbc.cli._app import app
 from flowrbc.cli._common import (
     ChannelOpt,
+    DatasetOpt,
     ScaleOpt,
     SeedOpt,
     console,
@@ -50,6 +51,7 @@ def report(
     coverage: CoverageOpt = None,
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
+    dataset: DatasetOpt = 0,
     sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's SEX "
                                                "keyword, else unknown).")] = None,
     age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file.")] = None,
@@ -87,7 +89,7 @@ def report(
         if not paths:
             fail("no FCS files matched " + " ".join(inputs))
         result = report_files(predictor, paths, out, overrides=overrides, coverage=coverage, seed=seed,
-                              covariates=covariates, rbc_count=rbc_count, scales=scales,
+                              covariates=covariates, rbc_count=rbc_count, scales=scales, dataset=dataset,
                               on_page=lambda p: console.print(f"wrote {p}", highlight=False))
         for _, message in result.failed:
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -18,7 +18,7 @@ import numpy as np
 from flowrbc.errors import CohortError
 from flowrbc.io.channels import ROLES
 from flowrbc.io.cohort import Cohort, add_qc_columns, assign_splits
-from flowrbc.io.sample import gate_sample, read_sample
+from flowrbc.io.sample import FCS_SUFFIXES, gate_sample, read_sample
 from flowrbc.io.units import CLINICAL, clinical_scales
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def ingest_fcs(
         raise CohortError(f"{directory}: not a directory")
     table = read_clinical(clinical)
     derived = _derived_roles(table, clinical, scales) if scale_from_clinical else []
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".fcs")
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in FCS_SUFFIXES)
     if not files:
         raise CohortError(f"{directory}: no .fcs files")
     by_file = {Path(str(f)).name: i for i, f in enumerate(table["file"])} if "file" in table.columns else {}

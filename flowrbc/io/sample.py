@@ -26,6 +26,8 @@ from flowrbc.io.channels import ROLES, select_channels
 from flowrbc.io.fcs import read_fcs_data
 from flowrbc.io.units import apply_scales, check_units, no_cells_error, reference_ranges
 
+FCS_SUFFIXES = (".fcs", ".lmd")  # Beckman Coulter's list-mode files (.LMD) are FCS data sets
+
 
 @dataclass
 class RawSample:

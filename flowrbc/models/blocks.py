@@ -17,12 +17,15 @@ set, so unlike the plain per-element blocks it is not mini-batch consistent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from flowrbc.models.config import ModelConfig
-from flowrbc.models.norms import make_norm, norm_act, norm_linear
+from flowrbc.models.norms import SetNorm, make_norm, norm_act, norm_linear
 from flowrbc.models.pooling import pool
 
 
@@ -57,6 +60,55 @@ class ElementBlock(nn.Module):
             return F.relu(x + self.norm2(self.fc2(h), mask))
         return norm_act(self.norm1, self.fc1(self._centre(x, mask)), mask)
 
+    @torch.no_grad()
+    def whole_set_(self, h: Tensor, chunk: int) -> bool:
+        """``h <- block(h)`` in place for one set's every element, h (N, D), ``chunk`` elements
+        at a time, each set norm with the whole set's statistics (a pass to gather them, then
+        one to apply): exact, with no (N, D) temporary. False, h untouched, for a block that
+        needs the set at once (an equivariant layer; a non-clean block with a set norm)."""
+        set_norms = isinstance(self.norm1, SetNorm) or isinstance(getattr(self, "norm2", None), SetNorm)
+        if self.equivariant != "none" or (self.residual == "nonclean" and set_norms):
+            return False
+
+        def parts() -> Iterator[Tensor]:
+            return (h[a : a + chunk] for a in range(0, len(h), chunk))  # views: (n, D)
+
+        if self.residual == "clean":
+            s1 = _stats(self.norm1, parts)
+
+            def first(x: Tensor) -> Tensor:
+                return self.fc1(F.relu(_norm(self.norm1, x, s1)))
+
+            s2 = _stats(self.norm2, lambda: map(first, parts()))
+            for part in parts():
+                part += self.fc2(F.relu(_norm(self.norm2, first(part), s2)))
+        elif self.residual == "none":
+            s1 = _stats(self.norm1, lambda: map(self.fc1, parts()))
+            for part in parts():
+                part.copy_(F.relu(_norm(self.norm1, self.fc1(part), s1)))
+        else:
+            for part in parts():
+                part.copy_(self(part[None])[0])
+        return True
+
+
+def _stats(norm: nn.Module, parts: Callable[[], Iterator[Tensor]]) -> tuple[float, float] | None:
+    """A set norm's statistics over every entry of one set given in parts: (mean, variance),
+    summed in float64; None for a norm that acts on each element alone."""
+    if not isinstance(norm, SetNorm):
+        return None
+    n, total, squares = 0, 0.0, 0.0
+    for part in parts():
+        p = part.double()
+        n, total, squares = n + p.numel(), total + float(p.sum()), squares + float((p * p).sum())
+    mean = total / n
+    return mean, max(squares / n - mean * mean, 0.0)
+
+
+def _norm(norm: nn.Module, x: Tensor, stats: tuple[float, float] | None) -> Tensor:
+    """``norm`` on part of one set, x (n, D): a set norm with the whole set's ``stats``."""
+    return norm.with_stats(x, *stats) if stats is not None else norm(x[None])[0]
+
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor | None, recompute: bool) -> Tensor:
     """Apply ``blocks`` in order; with ``recompute`` (training) keep only block inputs for backward."""
@@ -79,6 +131,14 @@ class ElementEncoder(nn.Module):
             ElementBlock(config.width, config.norm, config.residual, config.equivariant, config.lean)
             for _ in range(config.depth)
         )
+
+    @torch.no_grad()
+    def whole_set(self, x: Tensor, chunk: int) -> Tensor | None:
+        """One set's every element, x (N, C) -> (N, D), ``chunk`` elements at a time
+        (``ElementBlock.whole_set_``): the same as ``self(x[None])[0]`` with one (N, D) tensor
+        in memory. None where a block needs the set at once."""
+        h = torch.cat([self.input(x[a : a + chunk]) for a in range(0, len(x), chunk)])  # (N, D)
+        return h if all(block.whole_set_(h, chunk) for block in self.blocks) else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         h = self.input(x)  # (B, N, D)

@@ -26,3 +26,9 @@ class DeepSets(SetModel):
 
     def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return pool(self.encoder(x, mask), mask, self.config.pooling)  # (B, D)
+
+    def embed_whole(self, x: Tensor, chunk: int) -> Tensor:
+        """One large set, x (N, C) -> (1, D), ``chunk`` elements at a time where every block
+        allows it (``ElementEncoder.whole_set``), else in one pass; the same embedding."""
+        h = self.encoder.whole_set(x, chunk)  # (N, D)
+        return self.embed(x[None]) if h is None else pool(h[None], None, self.config.pooling)

@@ -230,6 +230,11 @@ class SetNorm(nn.Module):
             return self._inference(x)
         return _SetNormFunction.apply(x, self.weight, self.bias, mask, self.eps)
 
+    def with_stats(self, x: Tensor, mean: float, var: float) -> Tensor:
+        """Part of one set, x (n, D), standardised with the whole set's ``mean`` and ``var``
+        over all its entries (``flowrbc.models.blocks.ElementEncoder.whole_set``)."""
+        return (x - mean) * (1.0 / math.sqrt(var + self.eps)) * self.weight + self.bias  # (n, D)
+
     def _inference(self, x: Tensor) -> Tensor:
         shape = x.shape[1:]  # (N, D)
         w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)  # (D,)

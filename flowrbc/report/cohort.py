@@ -149,6 +149,13 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
     if has_anemia:
         cm = classification_metrics(anemia.astype(float), prob)
         lines.append(f"anemia: accuracy {cm['accuracy']:.3f}, AUROC {cm['auroc']:.3f}, ECE {cm['ece']:.3f}")
+    bound = _column(samples, "bound_hematocrit", idx)
+    if bound is not None:  # a synthetic cohort
+        cells = int(np.median(np.diff(cohort.offsets)[idx]))
+        b = regression_metrics(true[ok], bound.astype(float)[ok])
+        lines.append(f"the bound on these samples: hematocrit RMSE {b['rmse']:.2f}, the best prediction from the "
+                     f"cell population as infinitely many cells would show it, sex and age; the {cells:,} cells per "
+                     "sample here show less, so no predictor of them can be expected to reach it")
     body = (f"<h2>Summary</h2><p>{E(split)} split: {len(idx)} samples, predicted with {E(info.description)} "
             f"({E(info.version)}), seed {seed}. Per-patient pages: {len(written)} of {len(idx)}.</p>"
             + "<ul>" + "".join(f"<li>{E(s)}</li>" for s in lines) + "</ul>"

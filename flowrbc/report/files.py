@@ -93,7 +93,7 @@ class FilesReport:
 def report_files(predictor, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  overrides: dict[str, str] | None = None, coverage: float | None = None, seed: int = 0,
                  covariates: dict[str, Any] | None = None, rbc_count: float | None = None,
-                 scales: dict[str, float] | None = None,
+                 scales: dict[str, float] | None = None, dataset: int = 0,
                  on_page: Callable[[Path], None] | None = None) -> FilesReport:
     """Predict each file as ``flowrbc predict`` does and write its page; a file that gives no
     prediction gets a page saying why, and is listed in ``failed``."""
@@ -107,7 +107,7 @@ def report_files(predictor, paths: Sequence[str | os.PathLike], out_dir: str | o
     for p in map(Path, paths):
         try:
             pred = predict_file(predictor, p, overrides=overrides, coverage=coverage, seed=seed, covariates=covariates,
-                                scales=scales)
+                                scales=scales, dataset=dataset)
             page = write_case(file_case(pred, seed, rbc_count), info, out, names(p.stem))
         except (FlowrbcError, OSError) as exc:
             from flowrbc.checkpoint import atomic_write_text
