@@ -53,6 +53,7 @@ class CohortFits:
     ranges: dict  # per-cell feature ranges of the training cells (QC)
     moments: dict  # moment-feature statistics of the training split (QC)
     healthy: dict | None  # the report's healthy reference
+    proxy: dict | None = None  # out-of-fold predictions of the training split (flowrbc.spread.proxy_predictions)
 
 
 def baseline_features(prep: Prepared) -> np.ndarray:
@@ -62,10 +63,11 @@ def baseline_features(prep: Prepared) -> np.ndarray:
 
 def cohort_fits(data: TrainingData, cohort, hybrid: bool, seed: int) -> CohortFits:
     """Index members (fitted on train, stopped on val), moments baseline (chosen on val), QC
-    and healthy references."""
+    and healthy references, the out-of-fold predictions the spread models learn from."""
     from flowrbc.hybrid import fit_index_models
     from flowrbc.metrics import fit_moment_baseline
     from flowrbc.report.reference import healthy_reference
+    from flowrbc.spread import proxy_predictions
 
     prep, train, val = data.prep, data.split["train"], data.split["val"]
     index = None
@@ -84,13 +86,17 @@ def cohort_fits(data: TrainingData, cohort, hybrid: bool, seed: int) -> CohortFi
     moments = {"names": list(prep.moment_names), "mean": F.mean(0).tolist(), "sd": F.std(0).tolist(),
                "min": F.min(0).tolist(), "max": F.max(0).tolist()}
     return CohortFits(index, baseline, ranges, moments,
-                      healthy_reference(prep.raw, prep.offsets_np, cohort.samples, train))
+                      healthy_reference(prep.raw, prep.offsets_np, cohort.samples, train),
+                      proxy_predictions(prep.features, prep.cov_raw, data.truth, data.specs, train, seed))
 
 
 def calibrate(predictor: Predictor, raw: RawPredictions, truth: dict[str, np.ndarray], coverage: float) -> dict:
     """Validation predictions -> a conformal interval per regression target (with the sorted
-    residuals, so that any other coverage can be asked later), a temperature per binary one."""
-    from flowrbc.calibration import fit_conformal, fit_temperature
+    residuals, so that any other coverage can be asked later), a temperature per binary one.
+    Where ``raw`` carries a spread (``flowrbc.spread``), also the normalised interval: its
+    scale and sorted scores, the spread model, and ``wide_halfwidth``, the 75th percentile of
+    the validation patients' half-widths (reports call a wider interval wide)."""
+    from flowrbc.calibration import fit_conformal, fit_normalised_conformal, fit_temperature
 
     out: dict[str, dict] = {}
     for name, spec in predictor.targets.items():
@@ -99,9 +105,22 @@ def calibrate(predictor: Predictor, raw: RawPredictions, truth: dict[str, np.nda
         if spec["kind"] == "regression":
             residuals = np.sort(np.abs(p[ok] - y[ok]))
             out[name] = dict(fit_conformal(p[ok], y[ok], coverage).to_dict(), residuals=residuals.tolist())
+            s = raw.spread.get(name)
+            if s is not None and name in predictor.spread and (ok & np.isfinite(s)).any():
+                at = ok & np.isfinite(s)
+                out[name].update(fit_normalised_conformal(p[at], y[at], s[at], coverage),
+                                 spread=predictor.spread[name].to_state())
+                if np.isfinite(out[name]["scale"]):  # else no finite interval, nor a wide one
+                    out[name]["wide_halfwidth"] = float(np.percentile(out[name]["scale"] * s[at], 75))
         else:
             out[name] = {"temperature": fit_temperature(p[ok], y[ok]), "n": int(ok.sum()), "threshold": 0.5}
     return out
+
+
+def calibration_summary(calibration: dict) -> dict:
+    """The calibration as metrics.json shows it: without the spread models' trees, with each
+    per-patient interval's scale."""
+    return {k: calibration_summary(v) if isinstance(v, dict) else v for k, v in calibration.items() if k != "spread"}
 
 
 def bound_metrics(samples) -> dict[str, dict[str, float]]:
@@ -143,7 +162,7 @@ def score(predictor: Predictor, raw: RawPredictions, truth: dict[str, np.ndarray
         p = value[name][ok]
         if spec["kind"] == "regression":
             m = regression_metrics(y[ok], p)
-            q = np.array([predictor.halfwidth(name, bool(u)) or np.inf for u in raw.unknown[ok]])
+            q = np.nan_to_num(predictor.halfwidths(name, raw)[ok], nan=np.inf)
             m["coverage"] = float(np.mean(np.abs(p - y[ok]) <= q))
             m["interval_halfwidth"] = float(np.mean(q))
             arrays[name] = (y[ok], p, float(np.mean(q)))
@@ -186,9 +205,13 @@ def finish(predictor: Predictor, data: TrainingData, fits: CohortFits, coverage:
 
     With covariates, the set model is also calibrated and tested with every covariate unknown
     (``calibration[target]["covariates_unknown"]``, ``test["model_covariates_unknown"]``).
-    Sets ``predictor.index`` and ``predictor.calibration``. -> (metrics, test plot arrays)."""
+    Sets ``predictor.index`` and ``predictor.calibration``. -> (metrics, test plot arrays,
+    with the test split's ``sample_predictions`` under ``"samples"``)."""
+    from flowrbc.spread import fit_spreads
+
     has_cov = bool(predictor.covariates.names)
     predictor.index = fits.index
+    predictor.spread = fit_spreads(predictor, data, fits.proxy)
     val = data.split["val"]
     given, unknown = predictor.predict(data.prep, val, unknown_too=has_cov)
     truth_val = {k: v[val] for k, v in data.truth.items()}
@@ -196,7 +219,7 @@ def finish(predictor: Predictor, data: TrainingData, fits: CohortFits, coverage:
     if has_cov:
         for name, cal in calibrate(predictor, unknown, truth_val, coverage).items():
             predictor.calibration[name]["covariates_unknown"] = cal
-    metrics: dict[str, Any] = {"calibration": predictor.calibration,
+    metrics: dict[str, Any] = {"calibration": calibration_summary(predictor.calibration),
                                "predictor": "hybrid" if fits.index is not None else "set model",
                                "index_inputs": predictor.index_inputs is not None}
     scored = []
@@ -219,12 +242,25 @@ def finish(predictor: Predictor, data: TrainingData, fits: CohortFits, coverage:
         if unknown is not None:
             metrics[key]["model_covariates_unknown"] = score(predictor, unknown, truth)[0]["model"]
         if key == "test":
-            arrays = scored_arrays
+            arrays = dict(scored_arrays, samples=sample_predictions(predictor, given, idx, base))
         else:
             metrics[key]["cohort"] = fresh.source
             if reference is not None:
                 metrics[key]["reference"] = against_reference(predictor, scored_arrays, truth, reference())
     return metrics, arrays
+
+
+def sample_predictions(predictor: Predictor, raw: RawPredictions, idx: np.ndarray, baseline: dict) -> dict:
+    """Per sample of ``idx``: the predictor's raw and calibrated values, each regression
+    target's interval half-width (NaN: none) and the baseline's prediction; what
+    cross-validation keeps of a held-out fold (``flowrbc.crossval``)."""
+    half = {}
+    for name, spec in predictor.targets.items():
+        if spec["kind"] == "regression":
+            half[name] = predictor.halfwidths(name, raw)
+    value = {k: v for k, v in predictor.calibrated(raw).items() if k in predictor.targets}  # not the widths
+    return {"idx": np.asarray(idx), "raw": raw.value, "value": value, "halfwidth": half,
+            "baseline": baseline, "unknown": raw.unknown}
 
 
 def fresh_synthetic(cohort, patients: int, cells: int | None = None) -> tuple[Any, Callable[[], dict]]:

@@ -5,7 +5,9 @@ numpy only (no scikit-learn): the predict path applies these.
 Split conformal (Vovk et al.; Lei et al. 2018): with absolute residuals r_1..r_n of a fixed
 model on held-out data and coverage 1 − α, the interval ŷ ± q where q is the
 ⌈(n + 1)(1 − α)⌉-th smallest r_i covers a new exchangeable case with probability ≥ 1 − α
-(q = ∞ when that rank exceeds n).
+(q = ∞ when that rank exceeds n). Normalised (``fit_normalised_conformal``): the same rank
+of |r_i| / σ_i for a spread σ fitted on other data gives ŷ ± q σ(x), a width per case with
+the same guarantee (``flowrbc.spread``).
 
 Temperature scaling (Guo et al. 2017): p = σ(z / T) with the single T > 0 that minimises the
 validation negative log-likelihood; it changes confidence, never the ranking (AUROC).
@@ -49,12 +51,38 @@ def conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
     return math.inf if rank > len(r) else float(r[rank - 1])
 
 
+def calibrated_quantile(cal: dict, key: str, scores: str, coverage: float | None = None) -> float | None:
+    """``cal[key]``, the quantile fitted for ``cal["coverage"]``, when ``coverage`` is None or
+    that one; else the conformal quantile of the sorted ``cal[scores]`` for ``coverage``. None
+    when ``cal`` lacks them or the quantile is infinite."""
+    if key not in cal:
+        return None
+    if coverage is None or math.isclose(coverage, cal["coverage"]):
+        q = float(cal[key])
+    elif scores in cal:
+        q = conformal_quantile(np.asarray(cal[scores]), coverage)
+    else:
+        return None
+    return q if math.isfinite(q) else None
+
+
 def fit_conformal(pred: np.ndarray, y: np.ndarray, coverage: float = 0.9) -> ConformalInterval:
     """Fit the split-conformal half-width on held-out predictions ``pred`` of targets ``y``."""
     pred, y = np.asarray(pred, np.float64), np.asarray(y, np.float64)
     keep = np.isfinite(y) & np.isfinite(pred)
     q = conformal_quantile(pred[keep] - y[keep], coverage)
     return ConformalInterval(halfwidth=q, coverage=coverage, n=int(keep.sum()))
+
+
+def fit_normalised_conformal(pred: np.ndarray, y: np.ndarray, spread: np.ndarray, coverage: float = 0.9) -> dict:
+    """Normalised split conformal (``flowrbc.spread``): held-out predictions ``pred`` of ``y``
+    with a spread ``spread`` (> 0) each, fitted elsewhere -> ``{"scale": q, "scores": sorted
+    |pred − y| / spread}``; the interval of a new case is pred ± q · its spread, and any other
+    coverage's q is ``conformal_quantile(scores, coverage)``."""
+    pred, y, spread = (np.asarray(a, np.float64) for a in (pred, y, spread))
+    keep = np.isfinite(y) & np.isfinite(pred) & np.isfinite(spread) & (spread > 0)
+    scores = np.sort(np.abs(pred[keep] - y[keep]) / spread[keep])
+    return {"scale": conformal_quantile(scores, coverage), "scores": scores.tolist()}
 
 
 def interval_coverage(pred: np.ndarray, y: np.ndarray, cal: ConformalInterval) -> float:

@@ -34,8 +34,11 @@ def evaluate_cohort(model_path: str | os.PathLike, cohort, *, split: str = "test
                     per_sample: bool = False) -> dict[str, Any]:
     """Metrics of the checkpoint's predictor on ``split`` of ``cohort``, with their SEs:
     ``{"model", "split", "n", "metrics": {target: {metric: value}}}``; ``per_sample`` adds
-    ``"samples"`` (ids) and ``"predictions"`` ({target: calibrated values}) in that order."""
+    ``"samples"`` (ids) and ``"predictions"`` ({target: calibrated values}) in that order. A model
+    kept by cross-validation adds ``"crossval"`` (``flowrbc.crossval``), with ``in_sample`` True
+    when ``cohort`` is the one it was trained on (every sample of it)."""
     from flowrbc.assess import score
+    from flowrbc.crossval import crossval_block
     from flowrbc.predictor import Predictor
 
     predictor = Predictor.load(model_path)
@@ -46,6 +49,9 @@ def evaluate_cohort(model_path: str | os.PathLike, cohort, *, split: str = "test
     scores, _ = score(predictor, raw, truth)
     metrics = {t: {k: (v if math.isfinite(v) else None) for k, v in m.items()} for t, m in scores["model"].items()}
     out = {"model": str(model_path), "split": split, "n": int(len(idx)), "metrics": metrics}
+    cv = crossval_block(predictor, cohort)
+    if cv is not None:  # the kept model of `flowrbc train --folds`: its out-of-sample figures
+        out["crossval"] = cv
     if per_sample:
         out["samples"] = [str(s) for s in cohort.samples.index[idx]]
         out["predictions"] = {k: v.tolist() for k, v in predictor.calibrated(raw).items()}

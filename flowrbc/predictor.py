@@ -13,8 +13,9 @@ Two steps:
 1. ``prepare`` (cells + offsets + raw covariates) or ``prepare_cohort`` -> ``Prepared``: the
    scaled cells on the device, the encoded covariates, the index features and their encoding;
 2. ``predict`` -> ``RawPredictions`` (set model alone, and the predictor: the set model blended
-   with the index members where every covariate is known), then ``calibrated`` (probabilities)
-   and ``halfwidth`` (intervals) or ``record`` (one patient's reported values).
+   with the index members where every covariate is known, and each sample's interval spread),
+   then ``calibrated`` (probabilities, each sample's interval half-width: ``halfwidths``) or
+   ``record`` (one patient's reported values).
 
 A sample with a covariate unknown is predicted by the set model alone with the calibration
 fitted with every covariate unknown (``calibration_for``). numpy and torch only: the predict
@@ -79,6 +80,8 @@ class RawPredictions:
     set_model: dict[str, np.ndarray]  # target -> (n,) the set model alone
     value: dict[str, np.ndarray]  # target -> (n,) the predictor (blended where covariates known)
     unknown: np.ndarray  # (n,) bool: predicted with a covariate unknown
+    spread: dict[str, np.ndarray] = field(default_factory=dict)  # target -> (n,) σ(x) of its interval
+    # (``flowrbc.spread``); NaN where none applies (covariate unknown); absent: one width for all
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Predictor:
     path: Path | None = None
     family: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's descriptive keys (reports)
+    spread: dict[str, Any] = field(default_factory=dict)  # target -> flowrbc.spread.SpreadModel (per-patient widths)
 
     # ------------------------------------------------------------------ loading
 
@@ -110,6 +114,7 @@ class Predictor:
         from flowrbc.checkpoint import load_checkpoint
         from flowrbc.hybrid import IndexInputs, IndexModels
         from flowrbc.models import ModelConfig, build_model
+        from flowrbc.spread import SpreadModel
 
         payload = load_checkpoint(path)
         try:
@@ -118,6 +123,8 @@ class Predictor:
             model.load_state_dict(payload["state_dict"])
             index = IndexModels.from_state(payload["index_models"])
             index_inputs = IndexInputs.from_state(payload["index_inputs"])
+            spread = {name: SpreadModel.from_state(cal["spread"])
+                      for name, cal in (payload.get("calibration") or {}).items() if cal.get("spread")}
         except (ValueError, KeyError, RuntimeError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first[:160]})") from None
@@ -132,7 +139,7 @@ class Predictor:
                    calibration=payload.get("calibration") or {}, device=device,
                    ranges=payload.get("feature_ranges") or {}, moments=payload.get("moments") or {},
                    complete=bool(payload.get("complete", False)), path=Path(path), family=config.family,
-                   meta=meta)
+                   meta=meta, spread=spread)
 
     # ------------------------------------------------------------------ inputs
 
@@ -142,7 +149,7 @@ class Predictor:
 
     @property
     def reads_features(self) -> bool:
-        return self.index is not None or self.index_inputs is not None
+        return self.index is not None or self.index_inputs is not None or bool(self.spread)
 
     def index_features(self, raw: np.ndarray, offsets: np.ndarray,
                        moments: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, list[str]]:
@@ -221,6 +228,7 @@ class Predictor:
         outs = predict_sets_each(self.model, prep.X, prep.offsets, idx, self.targets, entries,
                                  cells=None if all_cells else self.set_size, draws=draws, seed=seed)
         given = RawPredictions(outs[0], self.blend(prep, idx, outs[0]), prep.unknown[idx])
+        given.spread = self.spreads(prep, idx, given)
         if not unknown_too:
             return given, None
         return given, RawPredictions(outs[1], dict(outs[1]), np.ones(len(idx), dtype=bool))
@@ -260,8 +268,30 @@ class Predictor:
         cal = self.calibration.get(target, {})
         return cal.get("covariates_unknown", cal) if unknown else cal
 
+    def spreads(self, prep: Prepared, idx: np.ndarray, raw: RawPredictions) -> dict[str, np.ndarray]:
+        """σ(x) of samples ``idx`` per target with a spread model (``flowrbc.spread``), from their
+        index features, covariates and ``raw``'s outputs; NaN where a covariate is unknown."""
+        if not self.spread:
+            return {}
+        from flowrbc.spread import spread_inputs
+
+        idx = np.asarray(idx)
+        known = ~np.asarray(raw.unknown, dtype=bool)
+        out = {name: np.full(len(idx), np.nan) for name in self.spread}
+        if known.any():
+            F = prep.features
+            if F is None:
+                F = self.index_features(prep.raw, prep.offsets_np, (prep.moments, prep.moment_names))[0]
+            X = spread_inputs(F[idx[known]], prep.cov_raw[idx[known]],
+                              {k: np.asarray(v)[known] for k, v in raw.value.items()})
+            for name, model in self.spread.items():
+                out[name][known] = model.predict(X)
+        return out
+
     def calibrated(self, raw: RawPredictions) -> dict[str, np.ndarray]:
-        """Regression values as they are; binary logits -> calibrated probabilities."""
+        """Regression values as they are, with ``{name}_halfwidth``: each sample's interval
+        half-width at the calibrated coverage (NaN: none); binary logits -> calibrated
+        probabilities."""
         from flowrbc.calibration import calibrated_probability
 
         out = {}
@@ -271,36 +301,66 @@ class Predictor:
                 t = np.array([float(self.calibration_for(name, bool(u)).get("temperature", 1.0)) for u in raw.unknown])
                 value = calibrated_probability(value, t)
             out[name] = value
+            if spec["kind"] == "regression" and self.calibration.get(name):
+                out[f"{name}_halfwidth"] = self.halfwidths(name, raw)
         return out
 
     def halfwidth(self, target: str, unknown: bool, coverage: float | None = None) -> float | None:
-        """The conformal interval's half-width for ``coverage`` (None: the calibrated one);
-        None for an uncalibrated model."""
-        from flowrbc.calibration import conformal_quantile
+        """The one half-width of the plain conformal interval for ``coverage`` (None: the
+        calibrated one): every sample's without a spread model, else the cohort-wide width the
+        per-patient ones (``halfwidths``) replace; None for an uncalibrated model."""
+        from flowrbc.calibration import calibrated_quantile
 
-        cal = self.calibration_for(target, unknown)
-        if not cal:
-            return None
-        if coverage is None or math.isclose(coverage, cal["coverage"]):
-            q = float(cal["halfwidth"])
-        elif "residuals" in cal:
-            q = conformal_quantile(np.asarray(cal["residuals"]), coverage)
-        else:
-            return None
-        return q if math.isfinite(q) else None
+        return calibrated_quantile(self.calibration_for(target, unknown), "halfwidth", "residuals", coverage)
+
+    @staticmethod
+    def scale(cal: dict, coverage: float | None = None) -> float | None:
+        """q of a per-patient calibration (half-width = q · σ(x)) for ``coverage`` (None: the
+        calibrated one); None without one or when infinite."""
+        from flowrbc.calibration import calibrated_quantile
+
+        return calibrated_quantile(cal, "scale", "scores", coverage)
+
+    def halfwidths(self, target: str, raw: RawPredictions, coverage: float | None = None) -> np.ndarray:
+        """(n,) each sample's half-width for ``coverage`` (None: the calibrated one): q · σ(x)
+        where ``raw`` carries a spread, else the one width of its calibration; NaN: none."""
+        out = np.full(len(raw.unknown), np.nan)
+        spread = raw.spread.get(target)
+        for unknown in (False, True):
+            at = np.asarray(raw.unknown, dtype=bool) == unknown
+            if not at.any():
+                continue
+            q = self.scale(self.calibration_for(target, unknown), coverage) if spread is not None and not unknown else None
+            if q is not None:
+                out[at] = q * spread[at]
+            else:
+                one = self.halfwidth(target, unknown, coverage)
+                out[at] = np.nan if one is None else one
+        return np.where(np.isfinite(out), out, np.nan)
 
     def record(self, calibrated: dict[str, float], unknown: bool, coverage: float | None = None) -> dict[str, Any]:
-        """One sample's reported values: each regression target with its interval, each binary
-        target's probability and call."""
+        """One sample's reported values: each regression target with its interval (the sample's
+        own width where ``calibrated`` carries ``{name}_halfwidth``, with ``{name}_interval_wide``:
+        wider than three quarters of the validation patients'), each binary target's
+        probability and call."""
         values: dict[str, Any] = {}
         for name, spec in self.targets.items():
             cal = self.calibration_for(name, unknown)
             value = float(calibrated[name])
             if spec["kind"] == "regression":
-                q = self.halfwidth(name, unknown, coverage)
+                nominal = calibrated.get(f"{name}_halfwidth")
+                q, base = self.halfwidth(name, unknown, coverage), self.scale(cal)
+                per_patient = nominal is not None and base is not None and not unknown
+                if per_patient:
+                    q = self.scale(cal, coverage)
+                    q = None if q is None or not math.isfinite(nominal) or base <= 0 else float(nominal) * q / base
                 values.update({name: value, f"{name}_low": None if q is None else value - q,
                                f"{name}_high": None if q is None else value + q,
                                f"{name}_coverage": None if q is None else (coverage or cal.get("coverage"))})
+                if name in self.spread:
+                    wide = cal.get("wide_halfwidth")
+                    values[f"{name}_interval_wide"] = (bool(float(nominal) > float(wide)) if per_patient and wide
+                                                       is not None and math.isfinite(nominal) else None)
             else:
                 values.update({f"{name}_probability": value, name: bool(value >= float(cal.get("threshold", 0.5)))})
         return values

@@ -89,6 +89,7 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, float]]
     best_epoch: int
+    samples: dict | None = None  # the test split's per-sample predictions (flowrbc.assess.sample_predictions)
 
 
 def distributed() -> tuple[int, int]:
@@ -270,7 +271,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
         index_models=None if index is None else index.to_state()))
     _write_reports(run_dir, metrics, result.history, arrays if plots else None)
     update_latest(run_dir)
-    return TrainResult(run_dir, metrics, result.history, result.best_epoch)
+    return TrainResult(run_dir, metrics, result.history, result.best_epoch, arrays.get("samples"))
 
 
 def _versions() -> dict[str, str]:

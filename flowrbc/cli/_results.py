@@ -32,8 +32,17 @@ def print_comparison(metrics: dict) -> None:
     cal = metrics.get("calibration", {})
     test = metrics.get("test", {}).get("model", {})
     if "hematocrit" in cal and "hematocrit" in test:
-        console.print(f"hematocrit interval ±{cal['hematocrit']['halfwidth']:.2f} for nominal "
-                      f"{cal['hematocrit']['coverage']:.0%}: test coverage {test['hematocrit']['coverage']:.1%}")
+        c, t = cal["hematocrit"], test["hematocrit"]
+        if "scale" in c:  # per-patient widths (flowrbc.spread)
+            fresh = metrics.get("fresh", {}).get("model", {}).get("hematocrit")
+            also = (f"; fresh coverage {fresh['coverage']:.1%} at mean ±{fresh['interval_halfwidth']:.2f}"
+                    if fresh else "")
+            console.print(f"hematocrit interval per patient, nominal {c['coverage']:.0%}: test coverage "
+                          f"{t['coverage']:.1%} at mean ±{t['interval_halfwidth']:.2f} (one width for all would be "
+                          f"±{c['halfwidth']:.2f}){also}", highlight=False)
+        else:
+            console.print(f"hematocrit interval ±{c['halfwidth']:.2f} for nominal "
+                          f"{c['coverage']:.0%}: test coverage {t['coverage']:.1%}")
     if "anemia" in cal and "anemia" in test:
         console.print(f"anemia temperature {cal['anemia']['temperature']:.2f}: test ECE "
                       f"{test['anemia']['ece_uncalibrated']:.3f} -> {test['anemia']['ece']:.3f}")

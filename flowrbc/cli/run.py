@@ -97,8 +97,22 @@ def train(
     index_inputs: Annotated[bool, typer.Option("--index-inputs/--cells-only", help="The set model's decoder also "
                                                "reads the index features (default), or its embedding of the cells "
                                                "and the covariates only.")] = True,
+    folds: Annotated[Optional[int], typer.Option("--folds", help="Cross-validate in K folds (K ≥ 2): every patient "
+                                                 "predicted by the pipeline refitted without its fold, paired "
+                                                 "against the baseline on all; then the kept model trains on "
+                                                 "every patient.")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="With --folds: rerun the K folds with R different "
+                                         "splits and report the spread between them.")] = 1,
+    group: Annotated[Optional[str], typer.Option("--group", help="With --folds: a sample-table column naming "
+                                                 "the patient; samples of one patient stay in one fold.")] = None,
 ) -> None:
     """Train a set model; print test metrics beside the moment baseline and the bound."""
+    if folds is None and (repeats != 1 or group is not None):
+        fail("--repeats and --group go with --folds K")
+    if folds is not None and (folds < 2 or repeats < 1):
+        fail(f"--folds {folds}: at least 2" if folds < 2 else f"--repeats {repeats}: at least 1")
+    if folds is not None and resume and out is None:
+        fail("--resume with --folds: give the cross-validation run's directory with --out")
     with user_errors():
         from flowrbc.train import TrainConfig, train_cohort
 
@@ -120,6 +134,11 @@ def train(
 
             with err_console.status(f"loading {fresh} fresh synthetic patients"):
                 fresh_cohort, reference = fresh_synthetic(data, fresh, cells)
+        if folds is not None:
+            from flowrbc.cli._crossval import train_crossval
+
+            return train_crossval(data, config, out, folds=folds, repeats=repeats, group=group, resume=resume,
+                                  fresh=fresh_cohort, reference=reference)
         with progress() as bar:
             task = bar.add_task("training", total=config.epochs, status="")
 
@@ -171,6 +190,10 @@ def evaluate(
         for t, k, v in rows:
             table.add_row(t, k, _fmt(v))
         console.print(table)
+        if "crossval" in result:
+            from flowrbc.cli._crossval import print_summary
+
+            print_summary(result["crossval"])
 
 
 @app.command()

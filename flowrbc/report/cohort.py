@@ -79,6 +79,34 @@ def _summary_table(true: np.ndarray, pred: np.ndarray, values: list[dict], group
             + "".join(rows) + "</table>")
 
 
+def _halfwidths(values: list[dict]) -> np.ndarray:
+    """Each sample's interval half-width (NaN: no interval)."""
+    return np.array([np.nan if v.get("hematocrit_low") is None else (v["hematocrit_high"] - v["hematocrit_low"]) / 2
+                     for v in values])
+
+
+def _width_table(true: np.ndarray, pred: np.ndarray, values: list[dict]) -> str:
+    """Coverage and error by decile of the interval's half-width: with per-patient widths
+    (``flowrbc.spread``) the error should grow with the width and every decile be covered."""
+    half = _halfwidths(values)
+    if not len(half) or not np.isfinite(half).all():
+        return "<p>No calibrated interval.</p>"
+    if np.ptp(half) <= 1e-9 * max(1.0, abs(half[0])):
+        return f"<p>Every sample has the same interval, ±{half[0]:.2f} (a model without per-patient widths).</p>"
+    decile = np.empty(len(half), np.int64)
+    decile[np.argsort(half, kind="stable")] = np.arange(len(half)) * 10 // len(half)
+    e = pred - true
+    rows = []
+    for k in range(10):
+        m = decile == k
+        if m.any():
+            rows.append(f'<tr><td>{k + 1}</td><td class="num">{m.sum()}</td><td class="num">{half[m].min():.2f}–'
+                        f'{half[m].max():.2f}</td><td class="num">{np.sqrt((e[m] ** 2).mean()):.2f}</td>'
+                        f'<td class="num">{(np.abs(e[m]) <= half[m]).mean():.0%}</td></tr>')
+    return ("<table><tr><th>width decile</th><th class=\"num\">n</th><th class=\"num\">half-width</th>"
+            "<th class=\"num\">RMSE</th><th class=\"num\">interval coverage</th></tr>" + "".join(rows) + "</table>")
+
+
 def _sample_table(samples, idx, values: list[dict], links: dict[int, str]) -> str:
     cols = [c for c in ("sex", "age", "condition") if c in samples.columns]
     numeric = ("true Hct", "predicted Hct")
@@ -104,6 +132,8 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
                   on_page: Callable[[Path], None] | None = None) -> CohortReport:
     """Write the overview and the per-patient pages of the first ``pages`` samples (all: None)."""
     from flowrbc.checkpoint import atomic_write_bytes, atomic_write_text
+    from flowrbc.crossval import crossval_block
+    from flowrbc.crossval_stats import summary_lines
     from flowrbc.evaluate import select_samples
     from flowrbc.metrics import classification_metrics, regression_metrics
     from flowrbc.report.figures import cohort_figure
@@ -124,8 +154,8 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
     anemia = _column(samples, "anemia", idx)
     prob = np.array([v["anemia_probability"] for v in values]) if "anemia_probability" in values[0] else None
     groups = [(lab, m[ok]) for lab, m in _groups(samples, idx)]
-    q = values[0].get("hematocrit_high")
-    half = None if q is None else q - values[0]["hematocrit"]
+    widths = _halfwidths(values)
+    half = float(np.median(widths)) if np.isfinite(widths).all() else None  # the figure's band
     has_anemia = anemia is not None and prob is not None
     png = cohort_figure(true[ok], pred[ok], half, anemia.astype(float) if has_anemia else None, prob, groups)
     atomic_write_bytes(out / "cohort.png", png)
@@ -156,20 +186,24 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
         lines.append(f"the bound on these samples: hematocrit RMSE {b['rmse']:.2f}, the best prediction from the "
                      f"cell population as infinitely many cells would show it, sex and age; the {cells:,} cells per "
                      "sample here show less, so no predictor of them can be expected to reach it")
+    lines += summary_lines(cv) if (cv := crossval_block(predictor, cohort)) else []
     body = (f"<h2>Summary</h2><p>{E(split)} split: {len(idx)} samples, predicted with {E(info.description)} "
             f"({E(info.version)}), seed {seed}. Per-patient pages: {len(written)} of {len(idx)}.</p>"
             + "<ul>" + "".join(f"<li>{E(s)}</li>" for s in lines) + "</ul>"
             + "<h2>Hematocrit predicted vs true, anemia calibration, error by group</h2>"
             + f'<img class="figure" alt="cohort figures" src="{data_uri(png)}">'
-            + '<p class="muted">Top left: each dot a sample; grey band: the calibrated interval around the '
-              "prediction. Top right: samples binned by predicted anemia probability; a calibrated model's dots "
+            + '<p class="muted">Top left: each dot a sample; grey band: the median of the samples\' calibrated '
+              "intervals around the prediction (each sample's own width is in its page and the table below). Top right: samples binned by predicted anemia probability; a calibrated model's dots "
               "lie on the diagonal. Bottom: predicted − true hematocrit per group.</p>"
             + "<h2>Error by condition and sex</h2>" + _summary_table(true[ok], pred[ok], [values[k] for k in
                                                                        np.flatnonzero(ok)], groups)
+            + "<h2>Coverage by interval width</h2>" + _width_table(true[ok], pred[ok], [values[k] for k in
+                                                                        np.flatnonzero(ok)])
             + "<h2>Samples</h2>" + _sample_table(samples, idx, values, links)
             + "<p class=\"muted\">Predictions: the checkpoint's calibrated outputs averaged over resampled cell "
               "subsets, as <code>flowrbc evaluate</code> computes them; the interval is the checkpoint's conformal "
-              "half-width around each prediction.</p>")
+              "half-width around each prediction, scaled to each sample's expected error where the checkpoint has a "
+              "spread model.</p>")
     meta = f"cohort {E(cohort.source)} · model {E(info.path)}"
     index = atomic_write_text(out / "index.html", document("RBC cohort report", "RBC cohort report", meta, body))
     return CohortReport(index=index, pages=written, n=len(idx))

@@ -177,6 +177,16 @@ def probability_gauge(p: float, threshold: float) -> str:
 # ----------------------------------------------------------------------------- patient page
 
 
+WIDE_NOTE = ("Wide interval: wider than three quarters of the validation patients' intervals. Patients whose "
+             "cells look like these differ a lot in hematocrit — a healthy sample and a mild anemia of chronic "
+             "disease, for example, can look much alike — so the cells pin this value down less than usual.")
+
+
+def _width_note(v: dict[str, Any]) -> str:
+    """Words for a per-patient interval that is wide (``Predictor.record``'s ``hematocrit_interval_wide``)."""
+    return f'<p class="qc"><b>Uncertain hematocrit</b>{E(WIDE_NOTE)}</p>' if v.get("hematocrit_interval_wide") else ""
+
+
 def _prediction_section(case: PatientCase, model: ModelInfo, sources: Sources) -> str:
     v = case.values
     sex = v.get("sex")
@@ -190,10 +200,12 @@ def _prediction_section(case: PatientCase, model: ModelInfo, sources: Sources) -
                  if "hematocrit" in case.truth else "")
         ref = sources.cite(f"{ix.LITERATURE_SOURCE}: hematocrit men 43.75 ± 2.99 %, women 38.49 ± 2.21 %; "
                            "reference range mean ± 1.96 SD")
+        how = ("split-conformal on the validation split, its width scaled to the error expected for cells "
+               "like these" if v.get("hematocrit_interval_wide") is not None else "split-conformal on the validation split")
         cards.append(f'<div class="card"><b>Hematocrit</b><div class="big">{fmt(v["hematocrit"])} %</div>'
-                     f'<div>{E(interval)}</div>{hematocrit_gauge(v, sex)}'
-                     f'<p class="muted">dot: prediction; blue bar: calibrated interval (split-conformal on the '
-                     f'validation split); green: healthy reference range {ref}</p>{truth}</div>')
+                     f'<div>{E(interval)}</div>{_width_note(v)}{hematocrit_gauge(v, sex)}'
+                     f'<p class="muted">dot: prediction; blue bar: calibrated interval ({how}); '
+                     f'green: healthy reference range {ref}</p>{truth}</div>')
     if "anemia_probability" in v:
         p = v["anemia_probability"]
         call = "yes" if v.get("anemia") else "no"
