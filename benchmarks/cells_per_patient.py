@@ -79,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
     x = [r["cells"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label, style in (("baseline", "moments baseline (every cell)", "o-"),
-                              ("set_model", "set model alone (sets of 250)", "v-"),
+                              ("set_model", "its set model alone (decoder reads the indices)", "v-"),
                               ("predictor", "default predictor (sets of 250)", "s-"),
                               ("all_cells", "default predictor reading every cell", "D--"),
                               ("reference", "exact population parameters", "^:"),
