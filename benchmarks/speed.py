@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # inducing points and 4 heads (the papers' hematocrit setting); the baseline does too.
 MODELS = {
     "deepsets-3": ("deepsets", 3, {}),
+    "deepsets++-3": ("deepsets++", 3, {}),  # flowrbc train's default
     "deepsets++-25": ("deepsets++", 25, {}),
     "deepsets++-50": ("deepsets++", 50, {}),
     "set_transformer-2": ("set_transformer", 2, {"inducing": 32, "heads": 4}),
