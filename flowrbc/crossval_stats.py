@@ -202,13 +202,13 @@ def summary_lines(cv: dict) -> list[str]:
         if d is None or m.get(key) is None or base.get(key) is None:
             continue
         text = (f"{name}: {key.upper()} {m[key]:.4g} against the moments baseline's {base[key]:.4g}, "
-                f"Δ {d['diff']:+.3g} ± {d['se']:.2g} ({words[verdict(d, lower_is_better=key != 'auroc')]})")
+                f"Δ {d['diff']:+.3f} ± {d['se']:.3f} ({words[verdict(d, lower_is_better=key != 'auroc')]})")
         spread = cv["runs"][0]["between_folds"].get(name, {}).get(f"paired_{key}", {})
         if spread.get("sd") is not None:
-            text += f"; Δ between folds SD {spread['sd']:.2g}"
+            text += f"; Δ between folds SD {spread['sd']:.3f}"
         rep = cv.get("between_repeats", {}).get(name, {}).get(f"paired_{key}", {})
         if rep.get("sd") is not None:
-            text += f", between repeats SD {rep['sd']:.2g}"
+            text += f", between repeats SD {rep['sd']:.3f}"
         if m.get("coverage") is not None:
             text += f"; interval coverage {m['coverage']:.1%} out of fold"
         if m.get("ece") is not None:
