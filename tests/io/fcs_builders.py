@@ -7,10 +7,15 @@ them) unless told otherwise; the HEADER's DATA offsets can be correct, blank, ze
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pytest
+
+from flowrbc.errors import FCSError
+from flowrbc.io.fcs import FCSWarning, read_fcs_data
 
 _W = 10  # digits of the offsets written into TEXT
 
@@ -153,3 +158,21 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
     p = tmp_path / name
     p.write_bytes(content)
     return p
+
+
+def read(path, **kw):
+    """``read_fcs_data`` with the reader's warnings silenced (tests that check them catch them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FCSWarning)
+        return read_fcs_data(path, **kw)
+
+
+def fails(path, match, **kw) -> str:
+    """The one-line ``FCSError`` reading ``path`` raises, matching ``match``; -> its message."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FCSWarning)
+        with pytest.raises(FCSError, match=match) as info:
+            read_fcs_data(path, **kw)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    return msg

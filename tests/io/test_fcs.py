@@ -12,26 +12,10 @@ import pytest
 from flowrbc.errors import FCSError
 from flowrbc.io.fcs import FCSWarning, read_fcs, read_fcs_data, write_fcs, write_fcs_arrays
 from tests.io.fcs_builders import (
-    base_keywords, build_fcs, channel_keywords, float_file, int_file, pack_ints, write,
+    base_keywords, build_fcs, channel_keywords, fails, float_file, int_file, pack_ints, read, write,
 )
 
 INTS = np.array([[0, 1, 255], [7, 200, 128], [255, 0, 3]], dtype=np.int64)  # fit 8 bits
-
-
-def read(path, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FCSWarning)
-        return read_fcs_data(path, **kw)
-
-
-def fails(path, match, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FCSWarning)
-        with pytest.raises(FCSError, match=match) as info:
-            read_fcs_data(path, **kw)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: ") and "\n" not in msg
-    return msg
 
 
 # ---------------------------------------------------------------- integer widths and order
@@ -170,7 +154,6 @@ def test_bytes_after_data_are_normal(tmp_path):
     d = read(write(tmp_path, "a.fcs", int_file(INTS, [8] * 3, [256] * 3, after=b"CRC0" * 10)))
     np.testing.assert_array_equal(d.events, INTS)
     assert d.warnings == []
-
 
 
 # ---------------------------------------------------------------- supplemental TEXT

@@ -3,32 +3,12 @@ of which one is unreadable."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
-from flowrbc.errors import FCSError
-from flowrbc.io.fcs import FCSWarning, read_fcs_data
 from tests.io.fcs_builders import (
-    base_keywords, build_fcs, channel_keywords, fc500_like, float_file, int_file, pack_ints, write,
+    base_keywords, build_fcs, channel_keywords, fails, fc500_like, float_file, int_file, pack_ints, read, write,
 )
-
-
-def read(path, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FCSWarning)
-        return read_fcs_data(path, **kw)
-
-
-def fails(path, match, **kw) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FCSWarning)
-        with pytest.raises(FCSError, match=match) as info:
-            read_fcs_data(path, **kw)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: ") and "\n" not in msg
-    return msg
 
 
 def _words(n: int = 50, seed: int = 0) -> np.ndarray:
