@@ -93,23 +93,32 @@ def intervals(s, err: np.ndarray, half: np.ndarray, one: float) -> None:
                                                "chronic disease"], rows)
 
 
-def anemia(s, prob: np.ndarray, mcv: np.ndarray) -> None:
+def lab_groups(s, mcv: np.ndarray) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """What a lab sees of a patient, binned: MCV, sex, age band -> [(label, mask (n,))]."""
+    age, sex = s["age"].to_numpy(float), s["sex"].astype(str).to_numpy()
+    return {"MCV": [(label, (mcv >= lo) & (mcv < hi)) for lo, hi, label in MCV_BINS],
+            "sex": [(f"sex {x}", sex == x) for x in ("F", "M")],
+            "age band": [(label, (age >= lo) & (age < hi)) for lo, hi, label in AGE_BANDS]}
+
+
+def ece_within(y: np.ndarray, p: np.ndarray, groups: list[tuple[str, np.ndarray]]) -> float:
+    """ECE within each group, weighted by the group's size."""
+    n = sum(int(m.sum()) for _, m in groups)
+    return sum(m.sum() / n * ece(y[m], p[m]) for _, m in groups if m.any())
+
+
+def anemia(s, prob: np.ndarray, by: dict[str, list[tuple[str, np.ndarray]]]) -> None:
     y = s["anemia"].to_numpy(float)
     bayes = s["bound_anemia_probability"].to_numpy(float)
-    age, sex = s["age"].to_numpy(float), s["sex"].astype(str).to_numpy()
-    groups = [(label, (mcv >= lo) & (mcv < hi)) for lo, hi, label in MCV_BINS]
-    groups += [(f"sex {x}", sex == x) for x in ("F", "M")]
-    groups += [(label, (age >= lo) & (age < hi)) for lo, hi, label in AGE_BANDS]
+    groups = [g for kind in by.values() for g in kind]
     rows = [["all", len(y), float(prob.mean()), float(y.mean()), ece(y, prob), ece(y, bayes)]]
     rows += [[label, int(m.sum()), float(prob[m].mean()), float(y[m].mean()), ece(y[m], prob[m]), ece(y[m], bayes[m])]
              for label, m in groups if m.any()]
     table("anemia probability within what a lab sees (ECE: 10 equal-width bins)",
           ["group", "n", "mean p", "observed", "ECE", "Bayes ECE"], rows)
-    for name, kind in (("MCV", groups[:4]), ("sex", groups[4:6]), ("age band", groups[6:])):
-        n = sum(int(m.sum()) for _, m in kind)
-        w = sum(m.sum() / n * ece(y[m], prob[m]) for _, m in kind if m.any())
-        wb = sum(m.sum() / n * ece(y[m], bayes[m]) for _, m in kind if m.any())
-        print(f"ECE within {name} bins (weighted by size): model {w:.4f}, Bayes posterior {wb:.4f}")
+    for name, kind in by.items():
+        print(f"ECE within {name} bins (weighted by size): model {ece_within(y, prob, kind):.4f}, "
+              f"Bayes posterior {ece_within(y, bayes, kind):.4f}")
     cond = s["condition"].astype(str).to_numpy()
     rows = [[c, int((cond == c).sum()), float(prob[cond == c].mean()), float(bayes[cond == c].mean()),
              float(y[cond == c].mean())] for c in sorted(set(cond))]
@@ -151,12 +160,13 @@ def main() -> None:
     print(f"{predictor.path}: {cohort.source}; per-patient widths: {'yes' if 'scale' in cal else 'no'}; "
           f"nominal coverage {cal['coverage']:.0%}; cohort read and predicted in {wall:.1f} s")
     intervals(s, err, half, one)
-    mcv = prep.moments[:, prep.moment_names.index("volume_mean")]
-    anemia(s, values["anemia"], mcv)
+    by = lab_groups(s, prep.moments[:, prep.moment_names.index("volume_mean")])
+    anemia(s, values["anemia"], by)
     if args.candidates:
         from intervals_candidates import candidates  # beside this file
 
-        candidates(predictor, prep, raw, s, seed=args.seed)
+        candidates(predictor, prep, raw, s, lambda y, p: (ece(y, p), [ece_within(y, p, g) for g in by.values()]),
+                   seed=args.seed)
     if args.json:
         args.json.write_text(json.dumps({"hematocrit": values["hematocrit"].tolist(), "halfwidth": half.tolist(),
                                          "anemia_probability": values["anemia"].tolist(),

@@ -44,7 +44,9 @@ def rank_quantile(scores: np.ndarray, coverage: float = 0.9) -> float:
     return math.inf if k > len(s) else float(s[k - 1])
 
 
-def candidates(predictor, prep, raw, samples, seed: int = 0) -> None:
+def candidates(predictor, prep, raw, samples, calibration_errors, seed: int = 0) -> None:
+    """The interval and recalibration candidates on the fresh patients ``samples``;
+    ``calibration_errors(y, p)`` -> (ECE, [ECE within each group a lab sees])."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression
 
@@ -117,19 +119,13 @@ def candidates(predictor, prep, raw, samples, seed: int = 0) -> None:
     z_va = 0.5 * vraw.value["anemia"] + 0.5 * trees.decision_function(T[va])
     z_ev = 0.5 * raw.value["anemia"] + 0.5 * trees.decision_function(np.concatenate([prep.features, prep.cov_raw], 1))
     probs["half set model, half trees on the indices"] = calibrated_probability(z_ev, fit_temperature(z_va, ya[va]))
-    from intervals import AGE_BANDS, MCV_BINS, ece  # beside this file
-
-    mcv, age = prep.moments[:, mcv_name], samples["age"].to_numpy(float)
-    sex = samples["sex"].astype(str).to_numpy()
-    bins = {"MCV": [(mcv >= a) & (mcv < b) for a, b, _ in MCV_BINS], "sex": [sex == "F", sex == "M"],
-            "age band": [(age >= a) & (age < b) for a, b, _ in AGE_BANDS]}
     bayes = samples["bound_anemia_probability"].to_numpy(float)
     chronic = cond == "chronic_disease"
     print("\n### Anemia recalibrations (fitted on the run's training/validation splits)\n")
     print("| probability | ECE | ECE within MCV | within sex | within age band | chronic disease mean p |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, p in list(probs.items()) + [("Bayes posterior (not a lab's)", bayes)]:
-        within = [sum(m.sum() / len(p) * ece(ye[m], p[m]) for m in ms if m.any()) for ms in bins.values()]
-        print(f"| {name} | {ece(ye, p):.4f} | " + " | ".join(f"{w:.4f}" for w in within)
+        overall, within = calibration_errors(ye, p)
+        print(f"| {name} | {overall:.4f} | " + " | ".join(f"{w:.4f}" for w in within)
               + f" | {p[chronic].mean():.3f} |")
     print(f"\nchronic disease: observed anemia {ye[chronic].mean():.3f}")
