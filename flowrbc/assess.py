@@ -54,6 +54,7 @@ class CohortFits:
     moments: dict  # moment-feature statistics of the training split (QC)
     healthy: dict | None  # the report's healthy reference
     proxy: dict | None = None  # out-of-fold predictions of the training split (flowrbc.spread.proxy_predictions)
+    reference_cells: dict | None = None  # healthy cells ``flowrbc explain`` measures against
 
 
 def baseline_features(prep: Prepared) -> np.ndarray:
@@ -66,7 +67,7 @@ def cohort_fits(data: TrainingData, cohort, hybrid: bool, seed: int) -> CohortFi
     and healthy references, the out-of-fold predictions the spread models learn from."""
     from flowrbc.hybrid import fit_index_models
     from flowrbc.metrics import fit_moment_baseline
-    from flowrbc.report.reference import healthy_reference
+    from flowrbc.report.reference import healthy_cells, healthy_reference
     from flowrbc.spread import proxy_predictions
 
     prep, train, val = data.prep, data.split["train"], data.split["val"]
@@ -87,7 +88,8 @@ def cohort_fits(data: TrainingData, cohort, hybrid: bool, seed: int) -> CohortFi
                "min": F.min(0).tolist(), "max": F.max(0).tolist()}
     return CohortFits(index, baseline, ranges, moments,
                       healthy_reference(prep.raw, prep.offsets_np, cohort.samples, train),
-                      proxy_predictions(prep.features, prep.cov_raw, data.truth, data.specs, train, seed))
+                      proxy_predictions(prep.features, prep.cov_raw, data.truth, data.specs, train, seed),
+                      healthy_cells(prep.raw, prep.offsets_np, cohort.samples, train, seed=seed))
 
 
 def calibrate(predictor: Predictor, raw: RawPredictions, truth: dict[str, np.ndarray], coverage: float) -> dict:

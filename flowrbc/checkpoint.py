@@ -11,6 +11,8 @@ Keys of ``model.pt``: ``format``, ``format_version``, ``model_config`` (ModelCon
 ``index_models`` (``flowrbc.hybrid``; None when absent), ``calibration``, ``feature_ranges``,
 ``moments`` (training moment-feature mean/sd for QC), ``healthy_reference`` (the training
 cohort's healthy cell density and histogram bands, for reports; ``flowrbc.report.reference``),
+``explain_reference`` (healthy training cells, the reference of ``flowrbc.explain``; absent in
+checkpoints written before it),
 ``metrics``, ``versions``, ``fingerprint`` (of the training data), ``complete`` (False while
 training is under way), ``digest``.
 

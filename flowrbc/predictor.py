@@ -105,6 +105,7 @@ class Predictor:
     family: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's descriptive keys (reports)
     spread: dict[str, Any] = field(default_factory=dict)  # target -> flowrbc.spread.SpreadModel (per-patient widths)
+    reference_cells: np.ndarray | None = None  # (m, C) healthy training cells, role order (``flowrbc.explain``)
 
     # ------------------------------------------------------------------ loading
 
@@ -130,6 +131,7 @@ class Predictor:
             raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first[:160]})") from None
         device = torch.device(device)
         model.to(device).eval()
+        reference = (payload.get("explain_reference") or {}).get("cells")
         meta = {k: payload.get(k) for k in ("model_config", "versions", "format_version", "digest", "cohort",
                                              "best_epoch", "healthy_reference", "metrics")}
         return cls(model=model, channels=[(str(r), str(c)) for r, c in payload["channels"]],
@@ -139,7 +141,8 @@ class Predictor:
                    calibration=payload.get("calibration") or {}, device=device,
                    ranges=payload.get("feature_ranges") or {}, moments=payload.get("moments") or {},
                    complete=bool(payload.get("complete", False)), path=Path(path), family=config.family,
-                   meta=meta, spread=spread)
+                   meta=meta, spread=spread,
+                   reference_cells=None if reference is None else reference.numpy().astype(np.float64))
 
     # ------------------------------------------------------------------ inputs
 

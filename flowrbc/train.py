@@ -268,6 +268,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
         meta, state_dict=result.best_state, complete=True, best_epoch=result.best_epoch,
         calibration=predictor.calibration, feature_ranges=cohort_fits.ranges, moments=cohort_fits.moments,
         healthy_reference=cohort_fits.healthy, metrics=_finite(metrics.get("test", {})),
+        explain_reference=_reference_payload(cohort_fits.reference_cells),
         index_models=None if index is None else index.to_state()))
     _write_reports(run_dir, metrics, result.history, arrays if plots else None)
     update_latest(run_dir)
@@ -283,6 +284,11 @@ def _versions() -> dict[str, str]:
 
     return {"flowrbc": flowrbc.__version__, "torch": str(torch.__version__), "numpy": np.__version__,
             "python": platform.python_version()}
+
+
+def _reference_payload(ref: dict | None) -> dict | None:
+    """The healthy cells of ``flowrbc explain`` as the checkpoint stores them (a tensor)."""
+    return None if ref is None else {"cells": torch.from_numpy(ref["cells"]), "selection": ref["selection"]}
 
 
 def _finite(obj):

@@ -5,7 +5,7 @@ Importing the command modules registers their commands on ``app``; they import t
 
 from __future__ import annotations
 
-from flowrbc.cli import data, fcs, report, run, validate  # noqa: F401
+from flowrbc.cli import data, explain, fcs, report, run, validate  # noqa: F401
 from flowrbc.cli._app import app
 
 

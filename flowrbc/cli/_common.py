@@ -107,6 +107,20 @@ ScaleOpt = Annotated[
     ),
 ]
 
+SexOpt = Annotated[str | None, typer.Option("--sex", help="M or F, for every file (default: the file's SEX "
+                                            "keyword, else unknown).")]
+AgeOpt = Annotated[float | None, typer.Option("--age", help="Age in years, for every file (default: the file's "
+                                              "AGE keyword, else unknown).")]
+
+
+def covariate_values(sex: str | None, age: float | None) -> dict:
+    """--sex / --age checked -> the covariates a predictor is given (None: from the file)."""
+    if sex is not None and sex.strip().upper() not in ("M", "F"):
+        fail(f"--sex {sex!r}: use M or F")
+    if age is not None and not 0 <= age <= 150:
+        fail(f"--age {age:g}: not an age in years")
+    return {"sex": sex.strip().upper() if sex else None, "age": age}
+
 
 def parse_scale_map(items: list[str] | None) -> dict[str, float]:
     """``["volume=0.09", ...]`` -> ``{"volume": 0.09, ...}``; a malformed item or a factor

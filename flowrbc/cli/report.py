@@ -9,11 +9,14 @@ import typer
 
 from flowrbc.cli._app import app
 from flowrbc.cli._common import (
+    AgeOpt,
     ChannelOpt,
     DatasetOpt,
     ScaleOpt,
     SeedOpt,
+    SexOpt,
     console,
+    covariate_values,
     err_console,
     fail,
     parse_channel_map,
@@ -21,14 +24,6 @@ from flowrbc.cli._common import (
     user_errors,
 )
 from flowrbc.cli.run import DEFAULT_MODEL, CoverageOpt, ModelOpt
-
-
-def _covariates(sex: Optional[str], age: Optional[float]) -> dict:
-    if sex is not None and sex.strip().upper() not in ("M", "F"):
-        fail(f"--sex {sex!r}: use M or F")
-    if age is not None and not 0 <= age <= 150:
-        fail(f"--age {age:g}: not an age in years")
-    return {"sex": sex.strip().upper() if sex else None, "age": age}
 
 
 def _load(model: Path):
@@ -52,9 +47,8 @@ def report(
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
     dataset: DatasetOpt = 0,
-    sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's SEX "
-                                               "keyword, else unknown).")] = None,
-    age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file.")] = None,
+    sex: SexOpt = None,
+    age: AgeOpt = None,
     rbc_count: Annotated[Optional[float], typer.Option("--rbc-count", help="Measured RBC count (10^12/L), for "
                                                        "the Mentzer index.")] = None,
     split: Annotated[str, typer.Option("--split", help="Cohort overview: test, val, train or all.")] = "test",
@@ -64,7 +58,7 @@ def report(
     """One self-contained HTML page + PNG per file (research use only), or a cohort overview."""
     overrides = parse_channel_map(channel)
     scales = parse_scale_map(scale)
-    covariates = _covariates(sex, age)
+    covariates = covariate_values(sex, age)
     if rbc_count is not None and not 0 < rbc_count < 20:
         fail(f"--rbc-count {rbc_count:g}: not an RBC count in 10^12/L")
     if pages is not None and pages < 0:

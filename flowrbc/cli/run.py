@@ -10,6 +10,7 @@ import typer
 
 from flowrbc.cli._app import app
 from flowrbc.cli._common import (
+    AgeOpt,
     ChannelOpt,
     DatasetOpt,
     Device,
@@ -18,7 +19,9 @@ from flowrbc.cli._common import (
     FormatOpt,
     ScaleOpt,
     SeedOpt,
+    SexOpt,
     console,
+    covariate_values,
     err_console,
     fail,
     parse_channel_map,
@@ -207,21 +210,15 @@ def predict(
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
     dataset: DatasetOpt = 0,
-    sex: Annotated[Optional[str], typer.Option("--sex", help="M or F, for every file (default: the file's "
-                                               "SEX keyword, else unknown).")] = None,
-    age: Annotated[Optional[float], typer.Option("--age", help="Age in years, for every file (default: the "
-                                                 "file's AGE keyword, else unknown).")] = None,
+    sex: SexOpt = None,
+    age: AgeOpt = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write an HTML page + PNG per file "
                                                    "into this directory (as `flowrbc report`).")] = None,
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
     scales = parse_scale_map(scale)
-    if sex is not None and sex.strip().upper() not in ("M", "F"):
-        fail(f"--sex {sex!r}: use M or F")
-    if age is not None and not 0 <= age <= 150:
-        fail(f"--age {age:g}: not an age in years")
-    covariates = {"sex": sex.strip().upper() if sex else None, "age": age}
+    covariates = covariate_values(sex, age)
     with user_errors():
         from flowrbc.checkpoint import resolve_model_path
         from flowrbc.errors import FlowrbcError

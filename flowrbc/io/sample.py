@@ -52,6 +52,8 @@ class GatedSample:
     channels: list[str]  # the file's channel name of each role
     scales: dict[str, float]  # role -> factor applied; a role not named: 1
     keywords: dict[str, str] = field(repr=False)
+    gate: np.ndarray | None = field(default=None, repr=False)  # (n_events,) bool: the events kept, file order
+    events: np.ndarray | None = field(default=None, repr=False)  # (n_events, k) float64 every event, scaled
 
     @property
     def qc(self) -> dict[str, int]:
@@ -95,7 +97,8 @@ def gate_sample(raw: RawSample, *, scales: dict[str, float] | None = None,
         raise no_cells_error(raw.path, x, raw.roles, raw.channels, scales)
     return GatedSample(path=raw.path, cells=x[keep], n_events=len(x),
                        n_nonfinite=int(np.count_nonzero(~np.isfinite(x).all(axis=1))), roles=list(raw.roles),
-                       channels=list(raw.channels), scales=dict(scales or {}), keywords=raw.keywords)
+                       channels=list(raw.channels), scales=dict(scales or {}), keywords=raw.keywords,
+                       gate=keep, events=x)
 
 
 def load_sample(path: str | os.PathLike, *, model_channels: Sequence[tuple[str, str]] = (),

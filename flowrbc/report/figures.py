@@ -5,7 +5,8 @@ cytogram bounds of ``flowrbc.report.indices`` — V = 60 and 120 fL as vertical 
 CHC = 28 and 41 g/dL as the lines HC = 0.28 V and HC = 0.41 V through the origin — and the
 training cohort's healthy region as highest-density contours (the smallest areas holding 50 %
 and 90 % of healthy cells); beside it the volume and hemoglobin histograms over the healthy
-5–95 % band. The cohort figure: predicted vs true hematocrit, the anemia reliability curve,
+5–95 % band; with an explanation (``flowrbc.explain``), a second cytogram coloured by each
+cell's attribution, with the same bounds. The cohort figure: predicted vs true hematocrit, the anemia reliability curve,
 and the error by condition and sex.
 """
 
@@ -63,6 +64,38 @@ def _cytogram(ax, cells: np.ndarray, healthy: dict | None) -> None:
     hb = ax.hexbin(v, h, gridsize=(56, 30), extent=(x0, x1, y0, y1), mincnt=1, bins="log", cmap="Blues",
                    linewidths=0.1)
     ax.figure.colorbar(hb, ax=ax, pad=0.01, fraction=0.05, label="cells per hexagon")
+    _bounds(ax)
+    handles = []
+    if healthy is not None:
+        density = _smooth(np.asarray(healthy["density"]))
+        cv = (np.asarray(healthy["volume_edges"])[:-1] + np.asarray(healthy["volume_edges"])[1:]) / 2
+        ch = (np.asarray(healthy["hemoglobin_edges"])[:-1] + np.asarray(healthy["hemoglobin_edges"])[1:]) / 2
+        ax.contour(cv, ch, density.T, levels=hdr_levels(density), colors=HEALTHY, linewidths=(1.0, 1.8))
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color=HEALTHY, lw=1.4, label="healthy training cohort\n(50 % and 90 % of cells)"))
+    ax.set_title("RBC cytogram: volume × hemoglobin content", fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=7.5, framealpha=0.9, bbox_to_anchor=(1.0, 0.0))
+
+
+def _attribution_cytogram(ax, cells: np.ndarray, attribution: np.ndarray, label: str) -> None:
+    """The cytogram with each hexagon coloured by its cells' summed attribution (red: raised
+    the prediction, blue: lowered it), on a scale symmetric about zero."""
+    v, h = cells[:, 0], cells[:, 1]
+    x0, x1, y0, y1 = VOLUME_EDGES[0], VOLUME_EDGES[-1], HEMOGLOBIN_EDGES[0], HEMOGLOBIN_EDGES[-1]
+    hb = ax.hexbin(v, h, C=attribution, reduce_C_function=np.sum, gridsize=(56, 30), extent=(x0, x1, y0, y1),
+                   mincnt=1, cmap="RdBu_r", linewidths=0.1)
+    top = float(np.abs(hb.get_array()).max()) if hb.get_array().size else 1.0
+    hb.set_clim(-top or -1.0, top or 1.0)
+    ax.figure.colorbar(hb, ax=ax, pad=0.01, fraction=0.05, label=f"{label} per hexagon")
+    _bounds(ax)
+    ax.set_title("which cells moved the prediction", fontsize=10)
+
+
+def _bounds(ax) -> None:
+    """The analyser's micro/macro and hypo/hyper bounds, labelled, and the axes."""
+    x0, x1, y0, y1 = VOLUME_EDGES[0], VOLUME_EDGES[-1], HEMOGLOBIN_EDGES[0], HEMOGLOBIN_EDGES[-1]
     for x in (ix.MICRO_FL, ix.MACRO_FL):
         ax.axvline(x, color=BOUND, ls="--", lw=0.9)
     xs = np.array([0.0, x1])
@@ -77,22 +110,10 @@ def _cytogram(ax, cells: np.ndarray, healthy: dict | None) -> None:
             color=BOUND, bbox=box)
     ax.text(102, 0.41 * 102 + 3.5, f"hyper\nCHC > {ix.HYPER_CHC:g}", ha="right", fontsize=7.5, color=BOUND,
             bbox=box)
-    handles = []
-    if healthy is not None:
-        density = _smooth(np.asarray(healthy["density"]))
-        cv = (np.asarray(healthy["volume_edges"])[:-1] + np.asarray(healthy["volume_edges"])[1:]) / 2
-        ch = (np.asarray(healthy["hemoglobin_edges"])[:-1] + np.asarray(healthy["hemoglobin_edges"])[1:]) / 2
-        ax.contour(cv, ch, density.T, levels=hdr_levels(density), colors=HEALTHY, linewidths=(1.0, 1.8))
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], color=HEALTHY, lw=1.4, label="healthy training cohort\n(50 % and 90 % of cells)"))
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("cell volume V (fL)")
     ax.set_ylabel("cell hemoglobin content HC (pg)")
-    ax.set_title("RBC cytogram: volume × hemoglobin content", fontsize=10)
-    if handles:
-        ax.legend(handles=handles, loc="lower right", fontsize=7.5, framealpha=0.9, bbox_to_anchor=(1.0, 0.0))
 
 
 def _histogram(ax, values: np.ndarray, edges: np.ndarray, band: dict | None, label: str, unit: str,
@@ -113,17 +134,23 @@ def _histogram(ax, values: np.ndarray, edges: np.ndarray, band: dict | None, lab
     ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
 
 
-def patient_figure(cells: np.ndarray, healthy: dict | None, title: str = "") -> bytes:
-    """The cytogram and both histograms of one sample's gated cells (n, 2) -> PNG bytes."""
+def patient_figure(cells: np.ndarray, healthy: dict | None, title: str = "",
+                   attribution: tuple[np.ndarray, str] | None = None) -> bytes:
+    """The cytogram and both histograms of one sample's gated cells (n, 2) -> PNG bytes;
+    ``attribution`` ((n,) per-cell values, their label): the attribution cytogram too."""
     plt = _pyplot()
-    fig = plt.figure(figsize=(11.0, 4.8))
-    grid = fig.add_gridspec(2, 2, width_ratios=(1.25, 1.0), hspace=0.55, wspace=0.42, left=0.065, right=0.985,
-                            bottom=0.105, top=0.9)
+    extra = attribution is not None
+    fig = plt.figure(figsize=(16.5 if extra else 11.0, 4.8))
+    ratios = (1.25, 1.25, 1.0) if extra else (1.25, 1.0)
+    grid = fig.add_gridspec(2, len(ratios), width_ratios=ratios, hspace=0.55, wspace=0.42 if not extra else 0.3,
+                            left=0.045 if extra else 0.065, right=0.985, bottom=0.105, top=0.9)
     _cytogram(fig.add_subplot(grid[:, 0]), cells, healthy)
+    if extra:
+        _attribution_cytogram(fig.add_subplot(grid[:, 1]), cells, attribution[0], attribution[1])
     bands = healthy or {}
-    _histogram(fig.add_subplot(grid[0, 1]), cells[:, 0], VOLUME_EDGES, bands.get("volume_band"),
+    _histogram(fig.add_subplot(grid[0, -1]), cells[:, 0], VOLUME_EDGES, bands.get("volume_band"),
                "cell volume", "fL", bounds=(ix.MICRO_FL, ix.MACRO_FL))
-    _histogram(fig.add_subplot(grid[1, 1]), cells[:, 1], HEMOGLOBIN_EDGES, bands.get("hemoglobin_band"),
+    _histogram(fig.add_subplot(grid[1, -1]), cells[:, 1], HEMOGLOBIN_EDGES, bands.get("hemoglobin_band"),
                "cell hemoglobin content", "pg")
     if title:
         fig.suptitle(title, fontsize=11, x=0.01, ha="left")

@@ -51,11 +51,30 @@ class _Names:
         return name
 
 
-def file_case(pred, seed: int | None, rbc_count: float | None) -> PatientCase:
-    """A prediction (``flowrbc.predict.Prediction``) and the gated cells it was made from."""
+def file_case(pred, seed: int | None, rbc_count: float | None, predictor=None) -> PatientCase:
+    """A prediction (``flowrbc.predict.Prediction``) and the gated cells it was made from;
+    with ``predictor``, its explanation too (``explained``)."""
     path = Path(pred.file)
     return PatientCase(name=path.stem, source=f"file {path}", values=pred.to_dict(), cells=pred.cells, seed=seed,
-                       rbc_count=rbc_count)
+                       rbc_count=rbc_count,
+                       explanation=None if predictor is None else explained(predictor, pred, seed or 0))
+
+
+def explained(predictor, pred, seed: int) -> dict[str, Any] | None:
+    """The attribution panel of a prediction's page (``flowrbc.explain``, the first
+    regression target, else the first target); None for a checkpoint without reference cells."""
+    if predictor.reference_cells is None or pred.cells is None or not len(pred.cells):
+        return None
+    from flowrbc.explain import explain_cells
+    from flowrbc.explain_io import region_sentence
+
+    _, cov_raw = predictor.covariates.values({k: pred.covariates.get(k) for k in predictor.covariates.names})
+    e = explain_cells(predictor, pred.cells, cov_raw, seed=seed)
+    target = next((t for t, s in predictor.targets.items() if s["kind"] == "regression"), next(iter(predictor.targets)))
+    units = "points" if predictor.targets[target]["kind"] == "regression" else "log-odds"
+    return {"target": target, "attribution": e.attributions[target], "units": units, "regions": len(e.counts),
+            "prediction": e.prediction[target], "reference": e.reference[target],
+            "sentence": region_sentence(e, target, predictor.roles, pred.cells)}
 
 
 def write_case(case: PatientCase, info: ModelInfo, out_dir: Path, stem: str) -> Path:
@@ -63,7 +82,9 @@ def write_case(case: PatientCase, info: ModelInfo, out_dir: Path, stem: str) -> 
     from flowrbc.checkpoint import atomic_write_bytes, atomic_write_text
     from flowrbc.report.figures import patient_figure
 
-    png = patient_figure(case.cells, info.healthy, title=case.name)
+    e = case.explanation
+    png = patient_figure(case.cells, info.healthy, title=case.name,
+                         attribution=None if e is None else (e["attribution"], f"{e['target']} ({e['units']})"))
     atomic_write_bytes(out_dir / f"{stem}.png", png)
     return atomic_write_text(out_dir / f"{stem}.html", patient_page(case, info, png))
 
@@ -79,7 +100,7 @@ def write_patient_pages(predictor, predictions: Sequence, out_dir: str | os.Path
     names = _Names()
     written = []
     for pred in predictions:
-        case = file_case(pred, seed, rbc_count)
+        case = file_case(pred, seed, rbc_count, predictor)
         written.append(write_case(case, info, out, names(case.name)))
     return written
 
@@ -108,7 +129,7 @@ def report_files(predictor, paths: Sequence[str | os.PathLike], out_dir: str | o
         try:
             pred = predict_file(predictor, p, overrides=overrides, coverage=coverage, seed=seed, covariates=covariates,
                                 scales=scales, dataset=dataset)
-            page = write_case(file_case(pred, seed, rbc_count), info, out, names(p.stem))
+            page = write_case(file_case(pred, seed, rbc_count, predictor), info, out, names(p.stem))
         except (FlowrbcError, OSError) as exc:
             from flowrbc.checkpoint import atomic_write_text
 

@@ -88,6 +88,7 @@ class PatientCase:
     rbc_count: float | None = None
     truth: dict[str, Any] = field(default_factory=dict)  # cohort pages: recorded values
     back_link: str | None = None
+    explanation: dict[str, Any] | None = None  # ``flowrbc.report.files.explained``: the attribution panel's words
 
 
 class Sources:
@@ -286,6 +287,22 @@ def _figure_section(png: bytes, model: ModelInfo, sources: Sources) -> str:
             f"i.e. HC = 0.28 · V and HC = 0.41 · V {bounds}. {healthy}</p>")
 
 
+def _explanation_section(case: PatientCase) -> str:
+    """What the attribution panel shows, and what its numbers add up to."""
+    e = case.explanation
+    if not e:
+        return ""
+    return (f"<h2>Which cells drove the {E(e['target'])} prediction</h2>"
+            f"<p><b>{E(e['sentence'][:1].upper() + e['sentence'][1:])}.</b></p>"
+            f'<p class="muted">Middle panel: each hexagon coloured by the summed attribution of its cells (red raised '
+            f"the prediction, blue lowered it). The attributions are Shapley values of {e['regions']} regions of "
+            f"similar cells, each region's value shared by its cells: a region's value is how much the prediction "
+            f"moves, on average, when its cells replace healthy reference cells. They add up to the prediction "
+            f"({e['prediction']:.3g}) minus the prediction for the healthy training patients' cells with this "
+            f"patient's sex and age ({e['reference']:.3g}), i.e. {e['prediction'] - e['reference']:+.3g} {E(e['units'])}. "
+            f"Per-cell values: <code>flowrbc explain</code>.</p>")
+
+
 def _json_block(values: dict[str, Any]) -> str:
     text = json.dumps(values, indent=1).replace("</", "<\\/")
     return f'<script type="application/json" id="flowrbc-prediction">{text}</script>'
@@ -295,6 +312,7 @@ def patient_page(case: PatientCase, model: ModelInfo, figure_png: bytes) -> str:
     """The whole patient page as one HTML string."""
     sources = Sources()
     body = (_prediction_section(case, model, sources) + _qc_section(case) + _figure_section(figure_png, model, sources)
+            + _explanation_section(case)
             + _indices_section(case, model, sources) + "<h2>Sources</h2>" + sources.html() + _json_block(case.values))
     back = f' · <a href="{E(case.back_link)}">cohort overview</a>' if case.back_link else ""
     meta = f"{E(case.source)}{back}"

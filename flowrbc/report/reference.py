@@ -12,6 +12,9 @@ of the training split (``condition == "healthy"``; else the non-anemic ones; els
 * ``indices``: the 2.5th, 50th and 97.5th percentile over patients of every classic index
   (``flowrbc.report.indices``).
 
+``healthy_cells`` draws, from the same patients, the cells ``flowrbc explain`` measures a
+patient's cells against (stored under ``explain_reference``).
+
 numpy only: training imports it.
 """
 
@@ -39,6 +42,26 @@ def select_healthy(samples, train_idx: np.ndarray) -> tuple[np.ndarray, str]:
         anemic = samples["anemia"].to_numpy(dtype=np.float64, na_value=np.nan)[train_idx]
         return train_idx[anemic == 0], "non-anemic training patients (the cohort records no condition)"
     return train_idx, "all training patients (the cohort records neither condition nor anemia)"
+
+
+REFERENCE_CELLS = 20_000  # healthy cells stored for ``flowrbc explain``
+
+
+def healthy_cells(cells: np.ndarray, offsets: np.ndarray, samples, train_idx: np.ndarray,
+                  n: int = REFERENCE_CELLS, seed: int = 0) -> dict | None:
+    """``n`` cells of the healthy training patients (``select_healthy``), every patient giving
+    the same share, all roles -> {"cells": (n, C) float32, "selection": words}; None when no
+    training patient qualifies."""
+    idx, how = select_healthy(samples, train_idx)
+    offsets = np.asarray(offsets)
+    idx = idx[np.diff(offsets)[idx] > 0]
+    if len(idx) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    owner = idx[rng.integers(len(idx), size=n)]  # (n,) a patient per stored cell, equal shares
+    counts = np.diff(offsets)[owner]
+    rows = offsets[owner] + (rng.random(n) * counts).astype(np.int64)
+    return {"cells": np.asarray(cells[rows], dtype=np.float32), "selection": how}
 
 
 def _binned(values: np.ndarray, owner: np.ndarray, edges: np.ndarray, n_owners: int) -> np.ndarray:

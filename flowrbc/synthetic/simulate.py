@@ -39,6 +39,7 @@ __all__ = ["CHANNELS", "CONDITIONS", "GENERATOR_VERSION", "SimulatedCohort", "dr
 GENERATOR_VERSION = 1  # bump whenever the same seed would give different data
 CHANNELS = ("RBC Volume", "RBC Hb")
 CONDITIONS = physiology.TABLE.names
+COMPONENTS = ("mature", "reticulocyte", "abnormal", "donor")  # a cell's population component
 _BLOCK = 4096  # patients per random stream; same seed -> same patients for any cohort size
 
 
@@ -58,6 +59,7 @@ class SimulatedCohort:
     samples: pd.DataFrame
     bound: dict
     record: PatientRecord
+    components: np.ndarray | None = None  # (total_cells,) int8 component of each cell (``COMPONENTS``); None: not kept
 
     @property
     def n_patients(self) -> int:
@@ -182,8 +184,10 @@ def draw_patients(n_patients: int, seed: int = 0, table: Physiology | None = Non
 # --------------------------------------------------------------------------- cells
 
 
-def _draw_cells(rng: np.random.Generator, pop: Population, n_cells: int, out: np.ndarray) -> None:
-    """Fill ``out`` (n * n_cells, 2) float32 with cells of the n patients of ``pop``."""
+def _draw_cells(rng: np.random.Generator, pop: Population, n_cells: int, out: np.ndarray,
+                comp_out: np.ndarray | None = None) -> None:
+    """Fill ``out`` (n * n_cells, 2) float32 with cells of the n patients of ``pop`` and, if
+    given, ``comp_out`` (n * n_cells,) with each cell's component (index into ``COMPONENTS``)."""
     n = len(pop)
     cum = np.cumsum(pop.w, axis=1)[:, :-1, None]  # (n, 3, 1)
     u = rng.random((n, n_cells))  # (n, m)
@@ -197,12 +201,14 @@ def _draw_cells(rng: np.random.Generator, pop: Population, n_cells: int, out: np
     log_h = log_v + take(mu_c) + take(sig_c) * rng.standard_normal((n, n_cells))
     out[:, 0] = np.exp(log_v).reshape(-1)
     out[:, 1] = np.exp(log_h).reshape(-1)
+    if comp_out is not None:
+        comp_out[:] = comp.reshape(-1)
 
 
 # --------------------------------------------------------------------------- cohort
 
 
-def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> SimulatedCohort:
+def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0, components: bool = False) -> SimulatedCohort:
     """Simulate ``n_patients`` patients with ``n_cells`` cells each (deterministic per seed).
 
     ``samples`` columns: sample_id, sex ("M"/"F"), age, condition, severity, hematocrit (%),
@@ -210,6 +216,8 @@ def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> S
     anemia (bool); bound_hematocrit, bound_hematocrit_sd and bound_anemia_probability: the
     posterior mean and SD of the hematocrit and the probability of anemia given the patient's
     cell population (infinitely many cells), sex and age (``flowrbc.synthetic.bound``).
+    ``components``: also keep each cell's component (``SimulatedCohort.components``); the
+    cells are the same either way.
     """
     import pandas as pd
 
@@ -218,12 +226,14 @@ def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> S
     t = physiology.TABLE
     record = draw_patients(n_patients, seed, t)
     cells = np.empty((n_patients * n_cells, 2), dtype=np.float32)
+    comp = np.empty(n_patients * n_cells, dtype=np.int8) if components else None
     step = max(1, (1 << 21) // n_cells)  # sub-blocks bound the float64 temporaries (~100 MB)
     for block, b0, k in _streams(n_patients):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, 1)))
         for lo in range(b0, b0 + k, step):
             hi = min(lo + step, b0 + k)
-            _draw_cells(rng, record.population.take(slice(lo, hi)), n_cells, cells[lo * n_cells : hi * n_cells])
+            _draw_cells(rng, record.population.take(slice(lo, hi)), n_cells, cells[lo * n_cells : hi * n_cells],
+                        None if comp is None else comp[lo * n_cells : hi * n_cells])
 
     idx = record.population.indices()
     rbc = record.rbc
@@ -249,7 +259,8 @@ def simulate_cohort(n_patients: int, n_cells: int = 1000, *, seed: int = 0) -> S
         samples[f"bound_{key}"] = value
     bound = bound_summary(record, samples, t)
     offsets = np.arange(n_patients + 1, dtype=np.int64) * n_cells
-    return SimulatedCohort(cells=cells, offsets=offsets, samples=samples, bound=bound, record=record)
+    return SimulatedCohort(cells=cells, offsets=offsets, samples=samples, bound=bound, record=record,
+                           components=comp)
 
 
 def summary_table(samples: pd.DataFrame) -> pd.DataFrame:
