@@ -22,8 +22,11 @@ samples each child's resident set and stops it beyond ``--mem-limit`` (reported,
 Roofline: the matrix-product FLOPs of one set (``torch.utils.flop_counter``, counted on tiny
 sets and extended exactly: they are a polynomial of degree <= 2 in N) divided by the matmul
 rate measured in the same child just after its timed steps, under the model's own precision
-(bf16 where ``flowrbc.fit.autocast_for`` turns it on); ``efficiency`` = measured /
-roofline. Figures are wall-clock: the load average is recorded before and after each child.
+(bf16 where ``flowrbc.precision`` turns it on; each record's ``precision``); ``efficiency`` =
+measured / roofline. Figures are wall-clock: the load average is recorded before and after each
+child. The output starts with the machine (``machine``: the CPU model, its bf16 matrix units,
+torch's version, the thread count and the precision of flowrbc's rule at ``--width``), as does
+the JSON's ``meta``.
 """
 
 from __future__ import annotations
@@ -203,15 +206,20 @@ def _batches(spec: dict, device):
         yield draw_sets(X, offs, idx, n, g)
 
 
-def _autocast(spec: dict, device, train: bool):
-    """flowrbc's own precision rule (``flowrbc.fit.autocast_for``); the baseline is float32."""
-    import contextlib
-
+def _precision(spec: dict, device, train: bool) -> str:
+    """flowrbc's own precision rule (``flowrbc.precision``, "auto"); the baseline is float32."""
     if spec["impl"] == "flowrbc":
-        from flowrbc.fit import autocast_for
+        from flowrbc.precision import resolve_precision
 
-        return autocast_for(device, True, spec["width"], train)
-    return contextlib.nullcontext()
+        return resolve_precision("auto", device, spec["width"], train)
+    return "fp32"
+
+
+def _autocast(spec: dict, device, train: bool):
+    """The autocast context of ``_precision``."""
+    from flowrbc.fit import autocast_for
+
+    return autocast_for(device, _precision(spec, device, train), spec["width"], train)
 
 
 def _timed_steps(step, steps: int, device) -> float:
@@ -267,7 +275,7 @@ def run_grid_child(spec: dict) -> dict:
     return {"sets_per_s": spec["batch"] / seconds, "step_s": seconds, "peak_gib": peak / GIB,
             "flops_per_set": flops, "matmul_flop_s": rate, "roofline_sets_per_s": roofline,
             "efficiency": spec["batch"] / seconds / roofline,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "precision": _precision(spec, device, train)}
 
 
 def run_scaling_child(spec: dict) -> dict:
@@ -304,10 +312,26 @@ def run_scaling_child(spec: dict) -> dict:
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_bytes() - before
     rate = _matmul_rate(device, min(n, 1 << 16), spec["width"], lambda: _autocast(base, device, False))
     return {"seconds": seconds, "cells_per_s": n / seconds, "peak_gib": peak / GIB, "flops_per_set": flops,
-            "matmul_flop_s": rate, "roofline_s": flops / rate, "efficiency": flops / rate / seconds}
+            "matmul_flop_s": rate, "roofline_s": flops / rate, "efficiency": flops / rate / seconds,
+            "precision": _precision(base, device, False)}
 
 
 # ----------------------------------------------------------------------------- parent side
+
+
+def machine(args) -> dict:
+    """What the figures depend on besides the code: the CPU model and its bf16 matrix units
+    (``flowrbc.precision.cpu_capability``), torch's version, the threads, and the precision
+    flowrbc's rule gives a model of ``--width`` for training and inference."""
+    import torch
+
+    from flowrbc.precision import cpu_capability, describe_precision
+
+    torch.set_num_threads(args.threads)  # the children's count: the rule's measurement is per count
+    device = torch.device(args.device)
+    return {"cpu": cpu_capability(), "torch": str(torch.__version__), "threads": args.threads,
+            "precision": {phase: describe_precision("auto", device, args.width, phase == "train")
+                          for phase in ("train", "infer")}}
 
 
 def _load() -> list[float]:
@@ -443,13 +467,18 @@ def main() -> None:
         args.batch, args.width, args.steps, args.chunk = 4, 16, 1, 100
         args.sizes = [16, 40] if args.sizes == DEFAULT_SIZES else args.sizes
         args.scaling_sizes = [200, 2000] if args.scaling_sizes == DEFAULT_SCALING_SIZES else args.scaling_sizes
+    host = machine(args)
+    units = host["cpu"]["bf16_units"]
+    units = "unknown" if units is None else ", ".join(units) or "none"
+    print(f"cpu {host['cpu']['model']} (bf16 matrix units: {units}), torch {host['torch']}; flowrbc train "
+          f"{host['precision']['train']}, inference {host['precision']['infer']}; the baseline fp32", flush=True)
     print(f"device {args.device}, threads {args.threads}, batch {args.batch}, width {args.width}, "
           f"steps {args.steps}; load average {_load()}", flush=True)
     records = scaling(args) if args.scaling else grid(args)
     print(f"load average {_load()}")
     if args.json:
-        meta = {"mode": "scaling" if args.scaling else "grid", "device": args.device, "threads": args.threads,
-                "torch": __import__("torch").__version__, "cpu_count": os.cpu_count()}
+        meta = {"mode": "scaling" if args.scaling else "grid", "device": args.device, "cpu_count": os.cpu_count(),
+                **host}
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
         tmp.replace(args.json)

@@ -13,6 +13,8 @@ Keys of ``model.pt``: ``format``, ``format_version``, ``model_config`` (ModelCon
 cohort's healthy cell density and histogram bands, for reports; ``flowrbc.report.reference``),
 ``explain_reference`` (healthy training cells, the reference of ``flowrbc.explain``; absent in
 checkpoints written before it),
+``precision`` (what the model was validated in, "bf16" or "fp32" (``flowrbc.precision``), and
+predicts in by default; absent in checkpoints written before it: "auto"),
 ``metrics``, ``versions``, ``fingerprint`` (of the training data), ``complete`` (False while
 training is under way), ``digest``.
 

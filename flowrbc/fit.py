@@ -1,17 +1,16 @@
 """The training loop of the project: ``fit`` (used by cohort training and the validation tasks).
 
 ``fit`` follows the papers' defaults: Adam (lr 1e-3, weight decay 5e-4), learning rate
-×0.1 at 20/60/80 % of the epochs, bf16 autocast where the hardware multiplies bf16 matrices
-(``autocast_for``), the validation score checked once per epoch under ``torch.no_grad()``
-and the best weights kept. ``autocast_for`` also serves prediction (``flowrbc.inputs``), so
-a model predicts in the precision it was trained in.
+×0.1 at 20/60/80 % of the epochs, bf16 autocast where it pays (``autocast_for``: the rule of
+``flowrbc.precision``), the validation score checked once per epoch under ``torch.no_grad()``
+and the best weights kept. ``autocast_for`` also serves prediction (``flowrbc.inputs``); a
+checkpoint records the precision its model was validated in, and predicts in it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import itertools
 import math
 import time
@@ -21,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from flowrbc.errors import FlowrbcError
+from flowrbc.precision import resolve_precision
 
 
 class TrainingDiverged(FlowrbcError):
@@ -42,7 +42,7 @@ class FitConfig:
     gamma: float = 0.1
     grad_clip: float | None = None  # max global grad norm; None = no clipping
     device: str = "auto"
-    amp: bool = True  # bf16 autocast where it pays (``autocast_for``); False: float32 throughout
+    precision: str = "auto"  # "auto": bf16 autocast where it pays (``autocast_for``); "bf16"; "fp32" throughout
     seed: int = 0
 
 
@@ -110,44 +110,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-CPU_BF16_MIN_WIDTH = 128  # training: narrower models gain nothing from bf16 on a CPU step (measured below)
-CPU_BF16_MIN_WIDTH_INFER = 64  # inference (no backward): bf16 pays from this width (measured below)
-
-
-@functools.cache
-def cpu_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Linux flag
-    ``amx_bf16``; Intel Xeon from Sapphire Rapids on). There, one core multiplies
-    (64,000 x 128) @ (128 x 128) in bf16 at 235 GFLOP/s against 49 in float32 (measured)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def autocast_for(device: torch.device, amp: bool = True, width: int | None = None, train: bool = True):
-    """bf16 autocast on CUDA, and on a CPU with bf16 matrix units (``cpu_bf16_matmul``) for a
-    model of hidden size ``width`` >= ``CPU_BF16_MIN_WIDTH`` (training) or
-    ``CPU_BF16_MIN_WIDTH_INFER`` (``train`` False: forward passes only); nothing elsewhere.
-
-    Measured on such a CPU, training steps (one thread, B 64, N 1,000): Deep Sets++ 25 blocks
-    at width 128 1.4x faster in bf16, Set Transformer++ 8 blocks 1.4x (with the explicit
-    attention of ``MultiHead``); the default Deep Sets++ 3 blocks at width 64 (B 16, N 250) a
-    tie (448 vs 459 sets/s). Inference of that default model (batches of 256 sets of 250
-    cells): 1.4x on one thread, 1.9x on two; on 3,000 fresh patients x 10 draws its hematocrit
-    MSE moved by -0.0015 +- 0.0012 (largest change 0.05 %-points). Norm statistics stay in
-    float32 (``flowrbc.models.norms``)."""
-    if not amp:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    least = CPU_BF16_MIN_WIDTH if train else CPU_BF16_MIN_WIDTH_INFER
-    if device.type == "cpu" and width is not None and width >= least and cpu_bf16_matmul():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, precision: str = "auto", width: int | None = None, train: bool = True):
+    """bf16 autocast where ``flowrbc.precision.resolve_precision`` gives bf16 for ``precision``
+    ("auto", "bf16" or "fp32") on ``device`` and a model of hidden size ``width`` (``train``
+    False: forward passes only); nothing elsewhere. Norm statistics stay in float32
+    (``flowrbc.models.norms``)."""
+    if resolve_precision(precision, device, width, train) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -242,7 +211,7 @@ def fit(
             batches = itertools.islice(batches, steps)
         total, n = 0.0, 0
         for step, batch in enumerate(batches, start=1):
-            with autocast_for(device, config.amp, width):
+            with autocast_for(device, config.precision, width):
                 loss = loss_fn(model, batch)
             if not _all_finite(loss):
                 base.load_state_dict(result.best_state)
@@ -267,7 +236,7 @@ def fit(
         metrics: dict[str, float] = {}
         if evaluate is not None:
             model.eval()
-            with torch.no_grad(), autocast_for(device, config.amp, width, train=False):
+            with torch.no_grad(), autocast_for(device, config.precision, width, train=False):
                 metrics = {k: float(v) for k, v in evaluate(base).items()}
             score = _score(metrics)
         else:

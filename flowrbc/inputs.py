@@ -151,16 +151,18 @@ def decode_outputs(raw: dict[str, torch.Tensor], targets: dict[str, dict]) -> di
 
 
 def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray, *,
-                  cells: int | None, draws: int = DRAWS, seed: int = 0, batch_size: int | None = None):
-    """Each sample's sets through ``model.embed``, without gradients: its ``prediction_sets``
-    of ``cells`` cells, in batches of ``batch_size`` samples (None: ``PREDICT_ELEMENTS //
-    cells``), or with ``cells`` None its every cell in one set (``whole_sets``).
+                  cells: int | None, draws: int = DRAWS, seed: int = 0, batch_size: int | None = None,
+                  precision: str = "auto"):
+    """Each sample's sets through ``model.embed``, without gradients, in ``precision``
+    (``flowrbc.fit.autocast_for``): its ``prediction_sets`` of ``cells`` cells, in batches of
+    ``batch_size`` samples (None: ``PREDICT_ELEMENTS // cells``), or with ``cells`` None its
+    every cell in one set (``whole_sets``).
     -> (k (len(idx),) sets per sample, iterator of (at (L,) positions in idx, z (L, D)))."""
     model.eval()
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
     n = offsets[idx_t + 1] - offsets[idx_t]  # (S,)
     if cells is None:
-        return torch.ones_like(n), whole_sets(model, X, offsets, idx_t)
+        return torch.ones_like(n), whole_sets(model, X, offsets, idx_t, precision=precision)
     width = model_width(model)
     batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
 
@@ -168,7 +170,7 @@ def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor
         for lo in range(0, len(idx_t), batch_size):
             _, batch = prediction_sets(X, offsets, idx_t[lo : lo + batch_size], cells, draws, seed)
             for live, rows in batch:
-                with torch.no_grad(), autocast_for(X.device, True, width, train=False):
+                with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
                     z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
                 yield lo + live, z
 
@@ -176,13 +178,14 @@ def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor
 
 
 def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: torch.Tensor,
-               elements: int | None = None):
+               elements: int | None = None, precision: str = "auto"):
     """Every cell of each sample ``idx`` in one set, through ``model.embed``: samples sorted by
     size and batched up to ``elements`` padded cells, the padding masked (it never changes a
     result). A sample larger than ``elements`` goes alone, with the same result as one pass: a
     streaming (mini-batch-consistent) model folds it in chunks of ``elements`` cells (memory
     flat in its size); Deep Sets runs it block by block in chunks, each set norm with the whole
     set's statistics (one (N, D) tensor in memory); other families take it in one pass. ``elements`` None: ``PREDICT_ELEMENTS``.
+    ``precision``: as ``flowrbc.fit.autocast_for``.
     -> iterator of (at (L,), z (L, D))."""
     elements = elements or PREDICT_ELEMENTS
     width = model_width(model)
@@ -196,7 +199,7 @@ def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, i
             hi += 1
         at = torch.as_tensor(order[lo:hi], device=X.device)  # (L,) sizes ascending: the last is the largest
         nb = n[order[lo:hi]]
-        with torch.no_grad(), autocast_for(X.device, True, width, train=False):
+        with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
             if nb[-1] > elements and hasattr(model, "init_state"):
                 state = model.init_state(1)
                 for a in range(0, int(nb[-1]), elements):
@@ -218,18 +221,20 @@ def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, i
 @torch.no_grad()
 def predict_sets_each(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, idx: np.ndarray,
                       targets: dict[str, dict], covariates: list, *, cells: int | None, draws: int = DRAWS, seed: int = 0,
-                      batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+                      batch_size: int | None = None, precision: str = "auto") -> list[dict[str, np.ndarray]]:
     """The average over each sample's sets (``embedded_sets``: at most ``draws`` of ``cells``
     cells, or its every cell with ``cells`` None) of the decoded heads, for each entry of
     ``covariates`` (encoded (len(idx), k), row i for sample idx[i]; None: unknown or a model
-    without any) from the same sets: each set is embedded once and decoded once per entry. Regression values in target units, classification logits
+    without any) from the same sets: each set is embedded once and decoded once per entry, in
+    ``precision`` (``flowrbc.fit.autocast_for``). Regression values in target units, classification logits
     (averaging logits, then calibrating, keeps one scale). -> per entry {target: (len(idx),)}"""
     width = model_width(model)
     covs = [None if c is None else torch.as_tensor(c, dtype=torch.float32).to(X.device) for c in covariates]
-    k, sets = embedded_sets(model, X, offsets, idx, cells=cells, draws=draws, seed=seed, batch_size=batch_size)
+    k, sets = embedded_sets(model, X, offsets, idx, cells=cells, draws=draws, seed=seed, batch_size=batch_size,
+                            precision=precision)
     sums = [{name: torch.zeros(len(k), device=X.device) for name in targets} for _ in covs]
     for at, z in sets:
-        with autocast_for(X.device, True, width, train=False):
+        with autocast_for(X.device, precision, width, train=False):
             for cov, acc in zip(covs, sums):
                 decoded = decode_outputs(model.decode(z, None if cov is None else cov[at]), targets)
                 for name, value in decoded.items():

@@ -106,12 +106,16 @@ class Predictor:
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's descriptive keys (reports)
     spread: dict[str, Any] = field(default_factory=dict)  # target -> flowrbc.spread.SpreadModel (per-patient widths)
     reference_cells: np.ndarray | None = None  # (m, C) healthy training cells, role order (``flowrbc.explain``)
+    precision: str = "auto"  # "auto", "bf16" or "fp32" (``flowrbc.precision``); loaded: the one it was validated in
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-        """Rebuild the predictor of ``model.pt`` (loaded safely: weights only)."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             precision: str | None = None) -> Predictor:
+        """Rebuild the predictor of ``model.pt`` (loaded safely: weights only). ``precision``
+        None: the one its model was validated in (a checkpoint written before flowrbc recorded
+        it: "auto")."""
         from flowrbc.checkpoint import load_checkpoint
         from flowrbc.hybrid import IndexInputs, IndexModels
         from flowrbc.models import ModelConfig, build_model
@@ -141,7 +145,7 @@ class Predictor:
                    calibration=payload.get("calibration") or {}, device=device,
                    ranges=payload.get("feature_ranges") or {}, moments=payload.get("moments") or {},
                    complete=bool(payload.get("complete", False)), path=Path(path), family=config.family,
-                   meta=meta, spread=spread,
+                   meta=meta, spread=spread, precision=precision or payload.get("precision") or "auto",
                    reference_cells=None if reference is None else reference.numpy().astype(np.float64))
 
     # ------------------------------------------------------------------ inputs
@@ -223,13 +227,14 @@ class Predictor:
         ``unknown_too``, with every covariate unknown (the same sets, one encoder pass). Each
         sample is read as the model was trained: every cell in one set for a model trained on
         whole samples (or ``all_cells``), else the average over at most ``draws`` disjoint
-        sets of ``set_size`` cells.
+        sets of ``set_size`` cells; in ``precision``.
         A sample's sets depend on its number of cells and ``seed`` only (``flowrbc.inputs.shuffle_prefix``)."""
         idx = np.arange(prep.n) if idx is None else np.ascontiguousarray(idx, dtype=np.int64)
         rows = torch.as_tensor(idx, device=self.device)
         entries = [self.decoder_inputs(prep, rows)] + ([self.decoder_inputs(prep, rows, known=False)] if unknown_too else [])
         outs = predict_sets_each(self.model, prep.X, prep.offsets, idx, self.targets, entries,
-                                 cells=None if all_cells else self.set_size, draws=draws, seed=seed)
+                                 cells=None if all_cells else self.set_size, draws=draws, seed=seed,
+                                 precision=self.precision)
         given = RawPredictions(outs[0], self.blend(prep, idx, outs[0]), prep.unknown[idx])
         given.spread = self.spreads(prep, idx, given)
         if not unknown_too:
@@ -256,7 +261,8 @@ class Predictor:
                    draws: int = DRAWS) -> np.ndarray:
         """The mean of ``model.embed`` over each sample's prediction sets -> (len(idx), D)."""
         idx = np.arange(prep.n) if idx is None else np.ascontiguousarray(idx, dtype=np.int64)
-        k, sets = embedded_sets(self.model, prep.X, prep.offsets, idx, cells=self.set_size, draws=draws, seed=seed)
+        k, sets = embedded_sets(self.model, prep.X, prep.offsets, idx, cells=self.set_size, draws=draws, seed=seed,
+                                precision=self.precision)
         total = None
         for at, z in sets:
             z = z.float()
@@ -369,6 +375,6 @@ class Predictor:
         return values
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", precision: str | None = None) -> Predictor:
     """``Predictor.load``: the predictor of a checkpoint."""
-    return Predictor.load(path, device)
+    return Predictor.load(path, device, precision)

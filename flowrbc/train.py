@@ -27,6 +27,7 @@ import torch
 
 from flowrbc.errors import FlowrbcError
 from flowrbc.fit import FitConfig, FitProgress, FitState, fit, resolve_device
+from flowrbc.precision import PRECISIONS, describe_precision, resolve_precision
 
 
 class TrainingInterrupted(FlowrbcError):
@@ -57,6 +58,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5, 0.75, 0.9)  # lr x0.1 at these fractions of the epochs;
     # the papers' (0.2, 0.6, 0.8) left most epochs at lr <= 1e-4: validation MSE 11.46 vs 10.95
     device: str = "auto"
+    precision: str = "auto"  # "auto": bf16 where it pays (flowrbc.precision), "bf16" or "fp32"
     seed: int = 0
     coverage: float = 0.9  # nominal coverage of the hematocrit interval
     val_draws: int = 1  # fixed draws per validation sample for checkpoint selection
@@ -81,6 +83,8 @@ class TrainConfig:
                 raise FlowrbcError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if not 0.0 <= self.covariate_dropout < 1.0:
             raise FlowrbcError(f"--covariate-dropout {self.covariate_dropout}: must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise FlowrbcError(f"--precision {self.precision}: use {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -174,9 +178,14 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
     data = TrainingData.of(cohort, targets=config.targets, covariates=config.covariates,
                            index_inputs=config.index_inputs, set_size=config.set_size, device=device)
     predictor = data.predictor
+    precision = {"train": resolve_precision(config.precision, device, config.width, train=True),
+                 "predict": resolve_precision(config.precision, device, config.width, train=False)}
+    predictor.precision = precision["predict"]  # validation, calibration and the test predict as the checkpoint will
     say(f"cohort {cohort.source}: " + ", ".join(f"{k} {len(v)}" for k, v in data.split.items())
         + f" samples; targets {', '.join(data.specs)}; {config.set_size or 'all'} cells per set; covariates "
-        f"{', '.join(predictor.covariates.names) or 'none'}; device {device}" + (f" x {world}" if world > 1 else ""))
+        f"{', '.join(predictor.covariates.names) or 'none'}; device {device}" + (f" x {world}" if world > 1 else "")
+        + f"; {describe_precision(config.precision, device, config.width, train=True)}"
+        + ("" if precision["predict"] == precision["train"] else f", predicting in {precision['predict']}"))
 
     # model
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -222,7 +231,8 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
     meta = {"model_config": model_config.to_dict(), "train_config": config.to_dict(), "channels": predictor.channels,
             "scaler": predictor.scaler.to_dict(), "targets": data.specs, "covariates": predictor.covariates.to_dict(),
             "index_inputs": None if predictor.index_inputs is None else predictor.index_inputs.to_state(),
-            "index_models": None, "fingerprint": fingerprint, "cohort": cohort.source, "versions": _versions()}
+            "index_models": None, "fingerprint": fingerprint, "cohort": cohort.source, "versions": _versions(),
+            "precision": precision["predict"]}
 
     def checkpoint_epoch(fs: FitState) -> None:
         if rank == 0:
@@ -238,7 +248,8 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
 
     steps = max(1, math.ceil(len(train_idx) / (config.batch_size * world)))
     fit_config = FitConfig(epochs=config.epochs, steps_per_epoch=steps, lr=config.lr, weight_decay=config.weight_decay,
-                           milestones=tuple(config.milestones), device=str(device), seed=config.seed + rank)
+                           milestones=tuple(config.milestones), device=str(device), precision=config.precision,
+                           seed=config.seed + rank)
     # what the finishing step needs from the cohort alone fits on a second thread during the epochs
     fits = assess.Background(lambda: assess.cohort_fits(data, cohort, config.hybrid, config.seed)) if rank == 0 else None
     try:
@@ -262,7 +273,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
     metrics.update(best_epoch=result.best_epoch, epochs=config.epochs, cohort=cohort.source, targets=list(data.specs),
                    cells_per_patient=int(np.median(np.diff(cohort.offsets))),
                    n={k: len(v) for k, v in data.split.items()}, wall_time_s=time.perf_counter() - t_start,
-                   device=str(device), world_size=world)
+                   device=str(device), world_size=world, precision=precision)
     index = cohort_fits.index
     save_checkpoint(run_dir / "model.pt", dict(
         meta, state_dict=result.best_state, complete=True, best_epoch=result.best_epoch,

@@ -116,15 +116,19 @@ def test_resolve_device():
 
 def test_autocast_rule_cpu_bf16_only_for_wide_models_on_bf16_hardware(monkeypatch):
     import flowrbc.fit as fitmod
+    import flowrbc.precision as precision
 
     cpu = torch.device("cpu")
-    for hardware in (True, False):
-        monkeypatch.setattr(fitmod, "cpu_bf16_matmul", lambda: hardware)
-        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH):
+    for units in (["amx_bf16"], []):
+        hardware = bool(units)
+        monkeypatch.setattr(precision, "cpu_capability", lambda: {"model": "test CPU", "bf16_units": units})
+        with fitmod.autocast_for(cpu, "auto", precision.CPU_BF16_MIN_WIDTH):
             assert torch.is_autocast_enabled("cpu") == hardware
-        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH_INFER, train=False):
+        with fitmod.autocast_for(cpu, "auto", precision.CPU_BF16_MIN_WIDTH_INFER, train=False):
             assert torch.is_autocast_enabled("cpu") == hardware
-        with fitmod.autocast_for(cpu, True, 64), fitmod.autocast_for(cpu, False, 256), fitmod.autocast_for(cpu):
+        with fitmod.autocast_for(cpu, "auto", 64), fitmod.autocast_for(cpu, "fp32", 256), fitmod.autocast_for(cpu):
             assert not torch.is_autocast_enabled("cpu")
-        with fitmod.autocast_for(cpu, True, fitmod.CPU_BF16_MIN_WIDTH_INFER // 2, train=False):
+        with fitmod.autocast_for(cpu, "auto", precision.CPU_BF16_MIN_WIDTH_INFER // 2, train=False):
             assert not torch.is_autocast_enabled("cpu")
+        with fitmod.autocast_for(cpu, "bf16", 16):  # asked: obeyed, units or not
+            assert torch.is_autocast_enabled("cpu")

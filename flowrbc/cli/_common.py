@@ -76,6 +76,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to compute: auto picks CUDA when present.")]

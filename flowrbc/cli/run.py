@@ -17,6 +17,7 @@ from flowrbc.cli._common import (
     DeviceOpt,
     Format,
     FormatOpt,
+    Precision,
     ScaleOpt,
     SeedOpt,
     SexOpt,
@@ -90,6 +91,10 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay")] = None,
     device: DeviceOpt = Device.auto,
+    precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 on CUDA, and on a CPU with bf16 "
+                                                 "matrix units (Intel AMX, AVX512-BF16, Arm BF16/SME) for a width "
+                                                 "of 128 or more (prediction: 64), else fp32. The model predicts "
+                                                 "in the precision it was validated in.")] = Precision.auto,
     seed: SeedOpt = 0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<model>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default runs/latest).")] = False,
@@ -124,8 +129,9 @@ def train(
                      weight_decay=weight_decay, targets=tuple(target) if target else None)
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
-        config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value, seed=seed,
-                             coverage=coverage, hybrid=hybrid, index_inputs=index_inputs)
+        config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value,
+                             precision=precision.value, seed=seed, coverage=coverage, hybrid=hybrid,
+                             index_inputs=index_inputs)
         if set_size is not None:
             config.set_size = None if set_size.strip().lower() == "all" else _count("--set-size", set_size)
         if resume and out is None:
@@ -214,6 +220,10 @@ def predict(
     age: AgeOpt = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write an HTML page + PNG per file "
                                                    "into this directory (as `flowrbc report`).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="auto (as `flowrbc train "
+                                                           "--precision auto` on this machine), bf16 or fp32; "
+                                                           "default: the precision the model was validated "
+                                                           "in.")] = None,
 ) -> None:
     """Hematocrit with interval, anemia probability and QC flags per file."""
     overrides = parse_channel_map(channel)
@@ -229,7 +239,7 @@ def predict(
             if model == DEFAULT_MODEL:
                 fail(f"no model at {DEFAULT_MODEL}: run `flowrbc train` first")
             fail(f"{model}: no such checkpoint")
-        predictor = load_model(path)
+        predictor = load_model(path, precision=None if precision is None else precision.value)
         paths = expand_inputs(files)
         if not paths:
             fail("no FCS files matched " + " ".join(files))
