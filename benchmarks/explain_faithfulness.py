@@ -12,9 +12,10 @@
    attribution for telling that component's cells from the rest (0.5: no separation; below
    0.5: the component's cells are attributed less than the rest).
 
-Variants (``--variants``): ``shapley-R-P`` (R regions, P orderings: the shipped method at
-its defaults is shapley-32-4) and ``occlusion-R`` (each region replaced by its reference
-stand-ins alone, the change shared by its cells: R + 1 predictions, not additive).
+Variants (``--variants``): ``occlusion-R`` (R regions: the shipped default is occlusion-32) and
+``shapley-R-P`` (R regions, P orderings), both ``flowrbc.explain``. Every variant after the
+first is compared with it on the same patients: the paired difference of the top- and
+bottom-removal changes ± its SE.
 
     python benchmarks/explain_faithfulness.py --model runs/latest/model.pt --patients 500
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowrbc.explain import _values, explain_cells, regions_of
+from flowrbc.explain import explain_cells
 from flowrbc.predictor import Predictor
 from flowrbc.synthetic.simulate import COMPONENTS, simulate_cohort
 
@@ -37,29 +38,14 @@ GROUND_TRUTH = {"iron_deficiency": ("abnormal",), "hemolysis": ("abnormal", "ret
                 "transfusion": ("donor",), "macrocytic": ("abnormal",)}
 
 
-def occlusion(predictor: Predictor, cells: np.ndarray, cov: np.ndarray, regions: int, seed: int) -> dict:
-    """Leave-one-region-out against the same stand-ins as the Shapley method: per cell,
-    (f(patient) − f(patient with region r replaced)) / n_r."""
-    rng = np.random.default_rng(seed)
-    n = len(cells)
-    lab, _ = regions_of(predictor.scaler.transform(cells), min(regions, max(1, n // 16)), seed)
-    r = lab.max() + 1
-    ref = predictor.reference_cells
-    stand_in = ref[rng.integers(len(ref), size=n)]
-    pops = [cells] + [np.where((lab == j)[:, None], stand_in, cells) for j in range(r)]
-    f = _values(predictor, np.concatenate(pops), n, cov, seed)
-    counts = np.bincount(lab, minlength=r)
-    return {k: (v[0] - v[1:])[lab] / counts[lab] for k, v in f.items()}
-
-
 def attributions(predictor, cells, cov, variant: str, seed: int) -> dict:
+    """``occlusion-R`` or ``shapley-R-P`` (``flowrbc.explain.explain_cells``)."""
     kind, *args = variant.split("-")
-    if kind == "shapley":
-        e = explain_cells(predictor, cells, cov, regions=int(args[0]), permutations=int(args[1]), seed=seed)
-        return e.attributions
-    if kind == "occlusion":
-        return occlusion(predictor, cells, cov, int(args[0]), seed)
-    raise SystemExit(f"unknown variant {variant!r}")
+    if kind not in ("occlusion", "shapley"):
+        raise SystemExit(f"unknown variant {variant!r}")
+    e = explain_cells(predictor, cells, cov, method=kind, regions=int(args[0]),
+                      permutations=int(args[1]) if kind == "shapley" else 2, seed=seed)
+    return e.attributions
 
 
 def covariates(samples, i: int) -> np.ndarray:
@@ -90,7 +76,7 @@ def deletion(predictor, cohort, attr: list[dict], draws: int, seed: int) -> dict
     sizes = np.diff(cohort.offsets)
     full = predict_kept(predictor, cohort, [np.ones(m, bool) for m in sizes], seed)
     rng = np.random.default_rng(seed + 1)
-    out = {}
+    out, per_patient = {}, {name: {} for name in predictor.targets}
     for name in predictor.targets:
         rows = {}
         for frac in FRACTIONS:
@@ -116,6 +102,7 @@ def deletion(predictor, cohort, attr: list[dict], draws: int, seed: int) -> dict
             rand = np.array(rand)  # (draws, n)
             r_mean = rand.mean(0)
             se = lambda d: float(d.std(ddof=1) / np.sqrt(len(d)))  # noqa: E731
+            per_patient[name][f"{frac:g}"] = {"top": deltas["top"].tolist(), "bottom": deltas["bottom"].tolist()}
             rows[f"{frac:g}"] = {
                 "top": float(deltas["top"].mean()), "bottom": float(deltas["bottom"].mean()),
                 "random": float(r_mean.mean()), "random_spread": float(rand.mean(1).std(ddof=1)),
@@ -124,7 +111,7 @@ def deletion(predictor, cohort, attr: list[dict], draws: int, seed: int) -> dict
                 "bottom_minus_random_se": se(deltas["bottom"] - r_mean),
             }
         out[name] = rows
-    return out
+    return out, per_patient
 
 
 def auroc(y: np.ndarray, s: np.ndarray) -> float:
@@ -164,6 +151,44 @@ def ground_truth(predictor, variant: str, patients: int, cells: int, per_conditi
     return out
 
 
+def tables(result: dict) -> str:
+    """The JSON of a run as RESULTS.md's markdown tables."""
+    lines = []
+    for variant, row in result["variants"].items():
+        lines += [f"**{variant}** ({row['explain_s_per_patient']:.2f} s per patient of {result['cells']:,} cells)", "",
+                  "| target | removed | top | bottom | random (spread) | top − random | bottom − random |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for target, rows in row["deletion"].items():
+            for frac, r in rows.items():
+                lines.append(f"| {target} | {float(frac):.0%} | {r['top']:+.3f} | {r['bottom']:+.3f} | "
+                             f"{r['random']:+.3f} ({r['random_spread']:.3f}) | {r['top_minus_random']:+.3f} ± "
+                             f"{r['top_minus_random_se']:.3f} | {r['bottom_minus_random']:+.3f} ± "
+                             f"{r['bottom_minus_random_se']:.3f} |")
+        lines += ["", "| condition | component | patients | AUROC, hematocrit attribution | AUROC, anemia attribution |",
+                  "| --- | --- | --- | --- | --- |"]
+        for condition, comps in row["ground_truth"].items():
+            for comp, d in comps.items():
+                cells = [f"{d[t]['auroc']:.3f} ± {d[t]['se']:.3f}" for t in ("hematocrit", "anemia") if t in d]
+                lines.append(f"| {condition} | {comp} | {next(iter(d.values()))['patients']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    names = list(result["variants"])
+    if len(names) > 1 and all("per_patient" in result["variants"][v] for v in names):
+        first = result["variants"][names[0]]["per_patient"]
+        lines += [f"Paired against {names[0]} on the same patients (other − it, ± SE; negative top / positive "
+                  "bottom: the other moves the prediction further):", "",
+                  "| variant | target | removed | top | bottom |", "| --- | --- | --- | --- | --- |"]
+        for v in names[1:]:
+            other = result["variants"][v]["per_patient"]
+            for target, fracs in other.items():
+                for frac, d in fracs.items():
+                    cells = []
+                    for mode in ("top", "bottom"):
+                        diff = np.array(d[mode]) - np.array(first[target][frac][mode])
+                        cells.append(f"{diff.mean():+.3f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.3f}")
+                    lines.append(f"| {v} | {target} | {float(frac):.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/latest/model.pt")
@@ -171,11 +196,15 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--seed", type=int, default=2_000_003)  # fresh: neither the training nor the fresh cohort
-    ap.add_argument("--variants", default="shapley-32-4,occlusion-32")
+    ap.add_argument("--variants", default="occlusion-32,shapley-32-4,occlusion-16,occlusion-64")
     ap.add_argument("--truth-patients", type=int, default=4000, help="pool the ground-truth patients are drawn from")
     ap.add_argument("--per-condition", type=int, default=150)
     ap.add_argument("--out", default="benchmarks/explain_faithfulness.json")
+    ap.add_argument("--tables", metavar="JSON", help="print the tables of an earlier run's JSON and stop")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(json.loads(Path(args.tables).read_text())))
+        return
     predictor = Predictor.load(args.model)
     cohort = simulate_cohort(args.patients, args.cells, seed=args.seed)
     result = {"model": str(args.model), "patients": args.patients, "cells": args.cells, "draws": args.draws,
@@ -185,13 +214,14 @@ def main() -> None:
         attr = [attributions(predictor, cohort.cells[cohort.offsets[i] : cohort.offsets[i + 1]].astype(np.float64),
                              covariates(cohort.samples, i), variant, args.seed) for i in range(cohort.n_patients)]
         wall = time.perf_counter() - t0
-        row = {"explain_s_per_patient": wall / cohort.n_patients,
-               "deletion": deletion(predictor, cohort, attr, args.draws, args.seed)}
+        table, per_patient = deletion(predictor, cohort, attr, args.draws, args.seed)
+        row = {"explain_s_per_patient": wall / cohort.n_patients, "deletion": table, "per_patient": per_patient}
         row["ground_truth"] = ground_truth(predictor, variant, args.truth_patients, args.cells, args.per_condition,
                                            args.seed + 1)
         result["variants"][variant] = row
-        print(json.dumps({variant: row}, indent=1), flush=True)
+        print(json.dumps({variant: {k: v for k, v in row.items() if k != "per_patient"}}, indent=1), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(tables(result))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ class FileExplanation:
 
 def explain_file(predictor: Predictor, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
                  scales: dict[str, float] | None = None, covariates: dict[str, Any] | None = None,
-                 dataset: int = 0, regions: int = REGIONS, permutations: int = PERMUTATIONS,
-                 seed: int = 0) -> FileExplanation:
+                 dataset: int = 0, method: str = "occlusion", regions: int = REGIONS,
+                 permutations: int = PERMUTATIONS, seed: int = 0) -> FileExplanation:
     """Read and gate one FCS file as ``flowrbc predict`` does, predict it, attribute."""
     from flowrbc.io.sample import load_sample
 
@@ -48,7 +48,8 @@ def explain_file(predictor: Predictor, path: str | os.PathLike, *, overrides: di
     raw, _ = predictor.predict(prep, seed=seed)
     value = {k: float(v[0]) for k, v in predictor.calibrated(raw).items()}
     values = predictor.record(value, bool(prep.unknown[0]))
-    expl = explain_cells(predictor, sample.cells, cov_raw, regions=regions, permutations=permutations, seed=seed)
+    expl = explain_cells(predictor, sample.cells, cov_raw, method=method, regions=regions, permutations=permutations,
+                         seed=seed)
     return FileExplanation(str(path), sample, expl, values, used)
 
 
@@ -113,8 +114,8 @@ def write_bytes(path: Path, data: bytes) -> Path:
 # ----------------------------------------------------------------------------- cohorts
 
 
-def explain_cohort(predictor: Predictor, cohort, *, regions: int = REGIONS, permutations: int = PERMUTATIONS,
-                   seed: int = 0, progress=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+def explain_cohort(predictor: Predictor, cohort, *, method: str = "occlusion", regions: int = REGIONS,
+                   permutations: int = PERMUTATIONS, seed: int = 0, progress=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Every sample of ``cohort`` -> (target -> (n_cells,) attributions, (n_cells,) regions,
     target -> (n_samples,) the calibrated predictions), in the cohort's cell order.
     ``progress``: called with each finished sample's index."""
@@ -128,8 +129,8 @@ def explain_cohort(predictor: Predictor, cohort, *, regions: int = REGIONS, perm
     for i in range(cohort.n_samples):
         a, b = cohort.offsets[i], cohort.offsets[i + 1]
         if b > a:
-            e = explain_cells(predictor, cohort.X[a:b][:, cols], cov[i], regions=regions, permutations=permutations,
-                              seed=seed)
+            e = explain_cells(predictor, cohort.X[a:b][:, cols], cov[i], method=method, regions=regions,
+                              permutations=permutations, seed=seed)
             for name, v in e.attributions.items():
                 attr[name][a:b] = v
             region[a:b] = e.regions

@@ -42,13 +42,14 @@ def _file(tmp_path, cohort, i, junk=True):
     return write_fcs_arrays(tmp_path / f"p{i}.fcs", cells, list(cohort.channels), keywords=keywords), cells
 
 
-def test_attributions_add_up_to_prediction_minus_reference(run):
+@pytest.mark.parametrize("method", ["occlusion", "shapley"])
+def test_attributions_add_up_to_prediction_minus_reference(run, method):
     _, cohort, predictor = run
     prep = predictor.prepare_cohort(cohort, np.arange(3))
     raw, _ = predictor.predict(prep)
     for i in range(3):
         cells = prep.raw[prep.offsets_np[i] : prep.offsets_np[i + 1]]
-        e = explain_cells(predictor, cells, prep.cov_raw[i], regions=8, permutations=2)
+        e = explain_cells(predictor, cells, prep.cov_raw[i], method=method, regions=8, permutations=2)
         assert e.prediction["hematocrit"] == pytest.approx(raw.value["hematocrit"][i], abs=1e-5)
         t = predictor.calibration_for("anemia", False)["temperature"]
         assert e.prediction["anemia"] == pytest.approx(raw.value["anemia"][i] / t, abs=1e-5)
@@ -59,6 +60,25 @@ def test_attributions_add_up_to_prediction_minus_reference(run):
             for j in range(len(e.counts)):
                 assert np.ptp(a[e.regions == j]) == 0
         assert e.reference["hematocrit"] != pytest.approx(e.prediction["hematocrit"], abs=1e-6)
+
+
+def test_occlusion_is_each_region_replaced_alone_plus_an_equal_share(run):
+    """Region j's value is f(patient) − f(patient with region j's cells replaced by their
+    stand-ins), plus its cells' share of what the regions do not explain one by one."""
+    _, cohort, predictor = run
+    prep = predictor.prepare_cohort(cohort, np.arange(1))
+    cells = np.asarray(prep.raw, dtype=np.float64)
+    e = explain_cells(predictor, cells, prep.cov_raw[0], regions=6, seed=5)
+    rng = np.random.default_rng(5)  # the stand-ins as explain_cells draws them (no subsample)
+    stand_in = predictor.reference_cells[rng.integers(len(predictor.reference_cells), size=len(cells))]
+    n = len(cells)
+    for j in (0, len(e.counts) - 1):
+        swapped = np.where((e.regions == j)[:, None], stand_in, cells)
+        p2 = predictor.prepare(swapped, np.array([0, n]), prep.cov_raw[:1])
+        without, _ = predictor.predict(p2, seed=5)
+        occ = e.prediction["hematocrit"] - without.value["hematocrit"][0]
+        share = e.shared["hematocrit"] * e.counts[j] / n
+        assert e.region_values["hematocrit"][j] == pytest.approx(occ + share, abs=1e-6)
 
 
 def test_regions_and_orderings():
@@ -167,3 +187,17 @@ def test_simulator_components_leave_the_cells_unchanged():
     assert (comp[cond == "transfusion"] == donor).mean() > 0.2
     assert not (comp[cond != "transfusion"] == donor).any()
     assert not (comp[cond == "healthy"] == COMPONENTS.index("abnormal")).any()
+
+
+def test_the_patient_report_shows_which_cells_drove_the_prediction(run, tmp_path):
+    _, cohort, predictor = run
+    path, _ = _file(tmp_path, cohort, 6, junk=False)
+    res = CliRunner().invoke(app, ["report", str(path), "--model", str(run[0] / "run" / "model.pt"),
+                                   "-o", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "rep" / "p6.html").read_text()
+    assert "Which cells drove the hematocrit prediction" in page
+    e = explain_cells(predictor, np.asarray(cohort.sample_cells(6), dtype=np.float64),
+                      predictor.covariates.raw(cohort.samples.iloc[[6]])[0])
+    assert f"{e.prediction['hematocrit'] - e.reference['hematocrit']:+.3g} points" in page
+    assert ("lowered the hematocrit by" in page) or ("raised the hematocrit by" in page)

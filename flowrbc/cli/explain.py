@@ -35,9 +35,13 @@ def explain(
     target: Annotated[Optional[str], typer.Option("--target", help="The target the summary line and the cohort "
                                                   "map show (default: the model's first); the CSV has every "
                                                   "target's.")] = None,
+    method: Annotated[str, typer.Option("--method", help="occlusion: each region's cells replaced by healthy "
+                                        "stand-ins alone, what no region explains shared by all cells; shapley: "
+                                        "Shapley values of the regions (4x slower; less faithful, measured).")
+                      ] = "occlusion",
     regions: Annotated[int, typer.Option("--regions", min=1, help="Cell regions per sample (k-means).")] = 32,
-    permutations: Annotated[int, typer.Option("--permutations", min=2, help="Orderings of the regions (even: "
-                                              "antithetic pairs); more: less noise, proportionally slower.")] = 4,
+    permutations: Annotated[int, typer.Option("--permutations", min=2, help="--method shapley: orderings of the "
+                                              "regions (even: antithetic pairs).")] = 4,
     seed: SeedOpt = 0,
     channel: ChannelOpt = None,
     scale: ScaleOpt = None,
@@ -50,7 +54,9 @@ def explain(
     A file gives OUT/<stem>.cells.csv (one row per event, NaN outside the gate); a cohort
     .h5ad gives OUT/<stem>.explained.h5ad (obs["attribution_<target>"]) and OUT/<stem>.map.png.
     A sample's attributions add up to its prediction minus the prediction for healthy
-    reference cells with the same covariates."""
+    reference cells with the same covariates (README: "Which cells drove a prediction")."""
+    if method not in ("occlusion", "shapley"):
+        fail(f"--method {method!r}: use occlusion or shapley")
     if permutations % 2:
         fail(f"--permutations {permutations}: use an even number (orderings come in antithetic pairs)")
     overrides, scales, covariates = parse_channel_map(channel), parse_scale_map(scale), covariate_values(sex, age)
@@ -72,14 +78,15 @@ def explain(
         if len(inputs) == 1 and inputs[0].lower().endswith(".h5ad"):
             if overrides or scales or dataset or sex or age is not None:
                 fail("--channel, --scale, --dataset, --sex and --age apply to FCS files, not to a cohort")
-            _cohort(predictor, Path(inputs[0]), out, name, regions, permutations, seed)
+            _cohort(predictor, Path(inputs[0]), out, name, dict(method=method, regions=regions,
+                                                                permutations=permutations, seed=seed))
             return
         paths = expand_inputs(inputs)
         if not paths:
             fail("no FCS files matched " + " ".join(inputs))
         _files(predictor, paths, out, name, dict(overrides=overrides, scales=scales, covariates=covariates,
-                                                  dataset=dataset, regions=regions, permutations=permutations,
-                                                  seed=seed))
+                                                  dataset=dataset, method=method, regions=regions,
+                                                  permutations=permutations, seed=seed))
 
 
 def _files(predictor, paths: list[Path], out: Path, name: str, options: dict) -> None:
@@ -107,7 +114,7 @@ def _files(predictor, paths: list[Path], out: Path, name: str, options: dict) ->
         raise typer.Exit(1)
 
 
-def _cohort(predictor, path: Path, out: Path, name: str, regions: int, permutations: int, seed: int) -> None:
+def _cohort(predictor, path: Path, out: Path, name: str, options: dict) -> None:
     import anndata
     import numpy as np
     import pandas as pd
@@ -123,8 +130,7 @@ def _cohort(predictor, path: Path, out: Path, name: str, regions: int, permutati
     cohort = Cohort.from_anndata(adata, source=str(path))
     with progress() as bar:
         task = bar.add_task(f"explaining {cohort.n_samples} samples", total=cohort.n_samples, status="")
-        attr, region, predictions = explain_cohort(predictor, cohort, regions=regions, permutations=permutations,
-                                                   seed=seed, progress=lambda i: bar.advance(task))
+        attr, region, predictions = explain_cohort(predictor, cohort, **options, progress=lambda i: bar.advance(task))
     # the cohort's cells are grouped by sample; obs keeps its own order
     sid = adata.obs["sample_id"].astype(str)
     codes = pd.Categorical(sid, categories=list(cohort.samples.index.astype(str))).codes.astype(np.int64)

@@ -73,7 +73,7 @@ def explained(predictor, pred, seed: int) -> dict[str, Any] | None:
     target = next((t for t, s in predictor.targets.items() if s["kind"] == "regression"), next(iter(predictor.targets)))
     units = "points" if predictor.targets[target]["kind"] == "regression" else "log-odds"
     return {"target": target, "attribution": e.attributions[target], "units": units, "regions": len(e.counts),
-            "prediction": e.prediction[target], "reference": e.reference[target],
+            "prediction": e.prediction[target], "reference": e.reference[target], "shared": e.shared[target],
             "sentence": region_sentence(e, target, predictor.roles, pred.cells)}
 
 

@@ -295,11 +295,12 @@ def _explanation_section(case: PatientCase) -> str:
     return (f"<h2>Which cells drove the {E(e['target'])} prediction</h2>"
             f"<p><b>{E(e['sentence'][:1].upper() + e['sentence'][1:])}.</b></p>"
             f'<p class="muted">Middle panel: each hexagon coloured by the summed attribution of its cells (red raised '
-            f"the prediction, blue lowered it). The attributions are Shapley values of {e['regions']} regions of "
-            f"similar cells, each region's value shared by its cells: a region's value is how much the prediction "
-            f"moves, on average, when its cells replace healthy reference cells. They add up to the prediction "
-            f"({e['prediction']:.3g}) minus the prediction for the healthy training patients' cells with this "
-            f"patient's sex and age ({e['reference']:.3g}), i.e. {e['prediction'] - e['reference']:+.3g} {E(e['units'])}. "
+            f"the prediction, blue lowered it). The cells are grouped into {e['regions']} regions of similar cells; a "
+            f"region's value is how much the prediction moves when its cells alone are replaced by cells of healthy "
+            f"training patients, shared by its cells, and every cell adds an equal share of what no region explains "
+            f"alone ({e['shared']:+.2g} {E(e['units'])} in all). They add up to the prediction "
+            f"({e['prediction']:.3g}) minus the prediction for healthy training patients' cells with this patient's "
+            f"sex and age ({e['reference']:.3g}), i.e. {e['prediction'] - e['reference']:+.3g} {E(e['units'])}. "
             f"Per-cell values: <code>flowrbc explain</code>.</p>")
 
 
