@@ -80,29 +80,40 @@ def cells_table(result: FileExplanation) -> bytes:
     return text.encode()
 
 
+GAP_FL = 15.0  # regions whose median volumes differ by more are described as separate groups
+
+
 def region_sentence(e: Explanation, target: str, roles: list[str], cells: np.ndarray, label: str | None = None) -> str:
     """The cells that moved ``target`` most, in words: the fewest regions pushing the way the
-    attributions add up to (ties: the larger push) that carry half of that push, described by
-    their cells' volume and cell hemoglobin concentration (10th–90th percentile), their share
-    of the cells and their summed effect."""
+    attributions add up to (the larger pushes first) that carry half of that push, split
+    into groups of similar volume (``GAP_FL``), the two largest described by their cells'
+    volume and cell hemoglobin concentration (10th–90th percentile), share of the cells and
+    summed effect."""
     phi = e.region_values[target]
+    what = label or target.replace("_", " ")
     sign = 1.0 if phi.sum() >= 0 else -1.0
     same = np.flatnonzero(sign * phi > 0)
     if len(same) == 0:
-        return f"no group of cells moved the {label or target.replace('_', ' ')}"
+        return f"no group of cells moved the {what}"
     same = same[np.argsort(-sign * phi[same])]
     take = same[: int(np.searchsorted(np.cumsum(sign * phi[same]), 0.5 * sign * phi[same].sum())) + 1]
-    inside = cells[np.isin(e.regions, take)]
-    v = inside[:, roles.index("volume")]
-    chc = 100.0 * inside[:, roles.index("hemoglobin")] / np.maximum(v, 1e-9)  # g/dL
-    lo_v, hi_v = np.percentile(v, [10, 90])
-    lo_c, hi_c = np.percentile(chc, [10, 90])
-    share = 100.0 * len(inside) / len(cells)
+    v_role, h_role = roles.index("volume"), roles.index("hemoglobin")
+    take = take[np.argsort(e.centres[take, v_role])]
+    groups = np.split(take, np.flatnonzero(np.diff(e.centres[take, v_role]) > GAP_FL) + 1)
+    groups = sorted(groups, key=lambda g: -abs(phi[g].sum()))[:2]
     units = "points" if e.units.get(target) == "target units" else "log-odds"
     verb = "raised" if sign > 0 else "lowered"
-    return (f"cells of {lo_v:.0f}–{hi_v:.0f} fL with a cell hemoglobin concentration of {lo_c:.0f}–{hi_c:.0f} g/dL "
-            f"({share:.0f} % of the cells) {verb} the {label or target.replace('_', ' ')} by "
-            f"{abs(phi[take].sum()):.2g} {units}")
+    parts = []
+    for g in groups:
+        inside = cells[np.isin(e.regions, g)]
+        v = inside[:, v_role]
+        chc = 100.0 * inside[:, h_role] / np.maximum(v, 1e-9)  # g/dL
+        lo_v, hi_v = np.percentile(v, [10, 90])
+        lo_c, hi_c = np.percentile(chc, [10, 90])
+        parts.append(f"cells of {lo_v:.0f}–{hi_v:.0f} fL with a cell hemoglobin concentration of {lo_c:.0f}–"
+                     f"{hi_c:.0f} g/dL ({100.0 * len(inside) / len(cells):.0f} % of the cells) {verb} the {what} by "
+                     f"{abs(phi[g].sum()):.2g} {units}")
+    return "; ".join(parts)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -147,11 +158,14 @@ MAP_MIN_CELLS = 20  # a bin with fewer cells is left blank
 def cohort_map(volume: np.ndarray, hemoglobin: np.ndarray, attribution: np.ndarray, group: np.ndarray,
                titles: tuple[str, str], label: str) -> bytes:
     """PNG: the mean attribution per (volume, hemoglobin) bin, one panel per ``group``
-    (False, True), on one symmetric colour scale."""
+    (False, True), on one symmetric colour scale, with the analyser's micro/macro (fL) and
+    hypo/hyper (cell hemoglobin concentration) bounds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from flowrbc.report import indices as ix
 
     means = []
     for g in (False, True):
@@ -166,6 +180,12 @@ def cohort_map(volume: np.ndarray, hemoglobin: np.ndarray, attribution: np.ndarr
         im = ax.pcolormesh(MAP_VOLUME, MAP_HEMOGLOBIN, m.T, cmap="RdBu_r", vmin=-top, vmax=top, shading="flat")
         ax.set_title(f"{title} ({n:,} cells)")
         ax.set_xlabel("cell volume (fL)")
+        for x in (ix.MICRO_FL, ix.MACRO_FL):  # the analyser's bounds, as on the patient cytogram
+            ax.axvline(x, color="#495057", ls="--", lw=0.9)
+        for chc in (ix.HYPO_CHC, ix.HYPER_CHC):
+            ax.plot(MAP_VOLUME, MAP_VOLUME * chc / 100.0, color="#495057", ls=":", lw=1.0)
+        ax.set_xlim(MAP_VOLUME[0], MAP_VOLUME[-1])
+        ax.set_ylim(MAP_HEMOGLOBIN[0], MAP_HEMOGLOBIN[-1])
     axes[0].set_ylabel("cell hemoglobin content (pg)")
     fig.colorbar(im, ax=axes, label=f"mean attribution per cell: {label}")
     buf = io.BytesIO()
