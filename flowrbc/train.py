@@ -44,7 +44,7 @@ class TrainConfig:
     norm: str | None = None  # None: the family's default
     residual: str | None = None  # None: the family's default
     inducing: int | None = None  # set_transformer families: ISAB inducing points (None: 32; 0: full attention)
-    lean: bool = False  # ModelConfig.lean: about half the activation memory, slower on CPU
+    lean: bool | None = None  # ModelConfig.lean; None: on where measured to pay (``lean_by_default``)
     targets: tuple[str, ...] | None = None  # None: the known targets the cohort has
     covariates: tuple[str, ...] | None = None  # None: sex and age where the cohort has them; (): none
     covariate_dropout: float = 0.2  # share of training sets whose each covariate reads "unknown"
@@ -191,8 +191,9 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model_config = ModelConfig(family=config.model, in_features=len(predictor.roles), depth=config.depth,
                                width=config.width, norm=config.norm, residual=config.residual,
-                               inducing=config.inducing, lean=config.lean, covariates=data.decoder_width,
+                               inducing=config.inducing, covariates=data.decoder_width,
                                outputs={name: 1 for name in data.specs})
+    model_config.lean = lean_by_default(model_config, device, precision["train"]) if config.lean is None else config.lean
     model = build_model(model_config).to(device)
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -295,6 +296,19 @@ def _versions() -> dict[str, str]:
 
     return {"flowrbc": flowrbc.__version__, "torch": str(torch.__version__), "numpy": np.__version__,
             "python": platform.python_version()}
+
+
+LEAN_MIN_DEPTH = 8  # blocks from which a set-norm model trains lean by default in float32 on a CPU
+
+
+def lean_by_default(model_config, device: torch.device, precision: str) -> bool:
+    """``ModelConfig.lean`` when not asked: on for a model of ``LEAN_MIN_DEPTH`` or more set-norm
+    blocks trained in float32 on a CPU. Measured there (AMD EPYC, 2 threads, B 64, N 1,000,
+    ``benchmarks/speed.py``): Deep Sets++ 25 14.7 -> 14.4 sets/s, 4.73 -> 2.63 GiB; Set
+    Transformer++ 8 11.3 -> 14.3 sets/s, 6.11 -> 5.25 GiB. Under bf16 the recomputation cost
+    20-30 % of the speed (``flowrbc.models.norms.norm_linear``), so it stays off there."""
+    return (device.type == "cpu" and precision == "fp32" and model_config.norm == "set"
+            and model_config.depth >= LEAN_MIN_DEPTH)
 
 
 def _reference_payload(ref: dict | None) -> dict | None:

@@ -174,3 +174,17 @@ def test_a_checkpoint_predicts_in_the_precision_it_was_validated_in(tmp_path):
 def test_precision_is_an_option_of_train_and_predict(command):
     out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert out.exit_code == 0 and "--precision" in out.output
+
+
+def test_deep_set_norm_models_train_lean_by_default_in_fp32_on_cpu():
+    from flowrbc.models import ModelConfig
+    from flowrbc.train import lean_by_default
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    deep = ModelConfig(family="deepsets++", depth=25)
+    assert lean_by_default(deep, cpu, "fp32")
+    assert not lean_by_default(deep, cpu, "bf16")
+    assert not lean_by_default(deep, cuda, "fp32")
+    assert lean_by_default(ModelConfig(family="set_transformer++", depth=8), cpu, "fp32")
+    assert not lean_by_default(ModelConfig(family="deepsets++"), cpu, "fp32")  # the default 3 blocks
+    assert not lean_by_default(ModelConfig(family="deepsets", depth=25), cpu, "fp32")  # no set norm

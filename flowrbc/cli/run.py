@@ -70,9 +70,11 @@ def train(
     inducing: Annotated[Optional[int], typer.Option("--inducing", help="Set Transformer families: ISAB inducing "
                                                     "points (default 32, as the papers); 0: full self-attention.",
                                                     min=0)] = None,
-    lean: Annotated[bool, typer.Option("--lean", help="Set norm + linear as one node that keeps only its input for "
-                                       "backward: about half the activation memory of deep ++ models, slower "
-                                       "on CPU.")] = False,
+    lean: Annotated[Optional[bool], typer.Option("--lean/--no-lean", help="Set norm + linear as one node that keeps "
+                                                 "only its input for backward: about half the activation memory of "
+                                                 "deep ++ models. Default: on for 8 or more set-norm blocks trained "
+                                                 "in fp32 on a CPU (measured: same speed there), off otherwise.")
+                    ] = None,
     target: Annotated[Optional[list[str]], typer.Option("--target", help="hematocrit, hemoglobin, anemia (repeatable).")] = None,
     covariate: Annotated[Optional[list[str]], typer.Option(
         "--covariate", help="Per-sample input besides the cells: sex, age or another numeric sample column "
@@ -125,7 +127,7 @@ def train(
         from flowrbc.train import TrainConfig, train_cohort
 
         given = dict(model=model, depth=depth, width=width, norm=norm, residual=residual, inducing=inducing,
-                     lean=lean or None, epochs=epochs, batch_size=batch_size, lr=lr,
+                     lean=lean, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, targets=tuple(target) if target else None)
         if covariate:
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
