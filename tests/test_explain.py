@@ -201,3 +201,12 @@ def test_the_patient_report_shows_which_cells_drove_the_prediction(run, tmp_path
                       predictor.covariates.raw(cohort.samples.iloc[[6]])[0])
     assert f"{e.prediction['hematocrit'] - e.reference['hematocrit']:+.3g} points" in page
     assert ("lowered the hematocrit by" in page) or ("raised the hematocrit by" in page)
+
+
+def test_cohort_report_pages_carry_the_attribution_panel(run, tmp_path):
+    root = run[0]
+    res = CliRunner().invoke(app, ["report", str(root / "cohort.h5ad"), "--model", str(root / "run" / "model.pt"),
+                                   "-o", str(tmp_path / "c"), "--pages", "1"])
+    assert res.exit_code == 0, res.output
+    (page,) = (tmp_path / "c" / "patients").glob("*.html")
+    assert "Which cells drove the hematocrit prediction" in page.read_text()

@@ -137,7 +137,7 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
     from flowrbc.evaluate import select_samples
     from flowrbc.metrics import classification_metrics, regression_metrics
     from flowrbc.report.figures import cohort_figure
-    from flowrbc.report.files import model_info, write_case
+    from flowrbc.report.files import explained, model_info, write_case
 
     out = Path(out_dir)
     (out / "patients").mkdir(parents=True, exist_ok=True)
@@ -165,10 +165,11 @@ def report_cohort(predictor, cohort, out_dir: str | os.PathLike, *, split: str =
         sid = str(samples.index[i])
         truth = {k: samples[k].iloc[i] for k in ("hematocrit", "anemia", "condition") if k in samples.columns}
         rbc = float(samples["rbc_count"].iloc[i]) if "rbc_count" in samples.columns else None
+        cells = np.asarray(prep.raw[prep.offsets_np[j] : prep.offsets_np[j + 1]], np.float64)
         case = PatientCase(name=sid, source=f"cohort {cohort.source}, sample {sid}" + (
             f", recorded condition {truth['condition']}" if "condition" in truth else ""),
-            values=values[j], cells=np.asarray(prep.raw[prep.offsets_np[j] : prep.offsets_np[j + 1]], np.float64), seed=seed,
-            rbc_count=rbc, truth=truth, back_link="../index.html")
+            values=values[j], cells=cells, seed=seed, rbc_count=rbc, truth=truth, back_link="../index.html",
+            explanation=explained(predictor, cells, prep.cov_raw[j], seed))
         written.append(write_case(case, info, out / "patients", sid))
         links[j] = f"patients/{sid}.html"
         if on_page is not None:

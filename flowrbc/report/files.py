@@ -55,26 +55,29 @@ def file_case(pred, seed: int | None, rbc_count: float | None, predictor=None) -
     """A prediction (``flowrbc.predict.Prediction``) and the gated cells it was made from;
     with ``predictor``, its explanation too (``explained``)."""
     path = Path(pred.file)
+    explanation = None
+    if predictor is not None and pred.cells is not None:
+        _, cov_raw = predictor.covariates.values({k: pred.covariates.get(k) for k in predictor.covariates.names})
+        explanation = explained(predictor, pred.cells, cov_raw, seed or 0)
     return PatientCase(name=path.stem, source=f"file {path}", values=pred.to_dict(), cells=pred.cells, seed=seed,
-                       rbc_count=rbc_count,
-                       explanation=None if predictor is None else explained(predictor, pred, seed or 0))
+                       rbc_count=rbc_count, explanation=explanation)
 
 
-def explained(predictor, pred, seed: int) -> dict[str, Any] | None:
-    """The attribution panel of a prediction's page (``flowrbc.explain``, the first
-    regression target, else the first target); None for a checkpoint without reference cells."""
-    if predictor.reference_cells is None or pred.cells is None or not len(pred.cells):
+def explained(predictor, cells, cov_raw, seed: int) -> dict[str, Any] | None:
+    """The attribution panel of a sample's page: ``cells`` (n, C) gated, role order,
+    ``cov_raw`` (k,) NaN = unknown (``flowrbc.explain``, the first regression target, else the
+    first target); None for a checkpoint without reference cells."""
+    if predictor.reference_cells is None or not len(cells):
         return None
     from flowrbc.explain import explain_cells
     from flowrbc.explain_io import region_sentence
 
-    _, cov_raw = predictor.covariates.values({k: pred.covariates.get(k) for k in predictor.covariates.names})
-    e = explain_cells(predictor, pred.cells, cov_raw, seed=seed)
+    e = explain_cells(predictor, cells, cov_raw, seed=seed)
     target = next((t for t, s in predictor.targets.items() if s["kind"] == "regression"), next(iter(predictor.targets)))
     units = "points" if predictor.targets[target]["kind"] == "regression" else "log-odds"
     return {"target": target, "attribution": e.attributions[target], "units": units, "regions": len(e.counts),
             "prediction": e.prediction[target], "reference": e.reference[target], "shared": e.shared[target],
-            "sentence": region_sentence(e, target, predictor.roles, pred.cells)}
+            "sentence": region_sentence(e, target, predictor.roles, cells)}
 
 
 def write_case(case: PatientCase, info: ModelInfo, out_dir: Path, stem: str) -> Path:
