@@ -81,7 +81,7 @@ class RawPredictions:
     value: dict[str, np.ndarray]  # target -> (n,) the predictor (blended where covariates known)
     unknown: np.ndarray  # (n,) bool: predicted with a covariate unknown
     spread: dict[str, np.ndarray] = field(default_factory=dict)  # target -> (n,) σ(x) of its interval
-    # (``flowrbc.spread``); NaN where none applies (covariate unknown); absent: one width for all
+    # (``flowrbc.spread``); absent: one width for all
 
 
 @dataclass
@@ -239,7 +239,9 @@ class Predictor:
         given.spread = self.spreads(prep, idx, given)
         if not unknown_too:
             return given, None
-        return given, RawPredictions(outs[1], dict(outs[1]), np.ones(len(idx), dtype=bool))
+        unknown = RawPredictions(outs[1], dict(outs[1]), np.ones(len(idx), dtype=bool))
+        unknown.spread = self.spreads(prep, idx, unknown)
+        return given, unknown
 
     def blend(self, prep: Prepared, idx: np.ndarray, set_pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The set model's predictions blended with the index members (``flowrbc.hybrid``) for
@@ -279,23 +281,20 @@ class Predictor:
 
     def spreads(self, prep: Prepared, idx: np.ndarray, raw: RawPredictions) -> dict[str, np.ndarray]:
         """σ(x) of samples ``idx`` per target with a spread model (``flowrbc.spread``), from their
-        index features, covariates and ``raw``'s outputs; NaN where a covariate is unknown."""
+        index features, covariates (every one unknown for a sample ``raw`` predicts with a
+        covariate unknown, as its calibration was fitted) and ``raw``'s outputs."""
         if not self.spread:
             return {}
         from flowrbc.spread import spread_inputs
 
         idx = np.asarray(idx)
-        known = ~np.asarray(raw.unknown, dtype=bool)
-        out = {name: np.full(len(idx), np.nan) for name in self.spread}
-        if known.any():
-            F = prep.features
-            if F is None:
-                F = self.index_features(prep.raw, prep.offsets_np, (prep.moments, prep.moment_names))[0]
-            X = spread_inputs(F[idx[known]], prep.cov_raw[idx[known]],
-                              {k: np.asarray(v)[known] for k, v in raw.value.items()})
-            for name, model in self.spread.items():
-                out[name][known] = model.predict(X)
-        return out
+        F = prep.features
+        if F is None:
+            F = self.index_features(prep.raw, prep.offsets_np, (prep.moments, prep.moment_names))[0]
+        cov = prep.cov_raw[idx].copy()
+        cov[np.asarray(raw.unknown, dtype=bool)] = np.nan
+        X = spread_inputs(F[idx], cov, {k: np.asarray(v) for k, v in raw.value.items()})
+        return {name: model.predict(X) for name, model in self.spread.items()}
 
     def calibrated(self, raw: RawPredictions) -> dict[str, np.ndarray]:
         """Regression values as they are, with ``{name}_halfwidth``: each sample's interval
@@ -339,7 +338,7 @@ class Predictor:
             at = np.asarray(raw.unknown, dtype=bool) == unknown
             if not at.any():
                 continue
-            q = self.scale(self.calibration_for(target, unknown), coverage) if spread is not None and not unknown else None
+            q = self.scale(self.calibration_for(target, unknown), coverage) if spread is not None else None
             if q is not None:
                 out[at] = q * spread[at]
             else:
@@ -359,7 +358,7 @@ class Predictor:
             if spec["kind"] == "regression":
                 nominal = calibrated.get(f"{name}_halfwidth")
                 q, base = self.halfwidth(name, unknown, coverage), self.scale(cal)
-                per_patient = nominal is not None and base is not None and not unknown
+                per_patient = nominal is not None and base is not None
                 if per_patient:
                     q = self.scale(cal, coverage)
                     q = None if q is None or not math.isfinite(nominal) or base <= 0 else float(nominal) * q / base

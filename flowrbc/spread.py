@@ -28,8 +28,13 @@ intervals came out too narrow (coverage macrocytic 0.834, hemolysis 0.827, chron
 0.767 at mean ±4.90); from this mix 0.866, 0.869 and 0.792 at ±5.00, one width for all
 0.918, 0.926 and 0.608 at ±5.01 (benchmarks/RESULTS.md, "Per-patient intervals").
 
-A sample with a covariate unknown is predicted by the set model alone and keeps one width
-(its calibration's). What a width cannot mend is the point prediction's bias where pictures
+A sample with a covariate unknown is predicted by the set model alone; the same spread model
+reads it with every covariate unknown (the trees send a missing value down their default
+branch), and the interval's scale is calibrated on the validation split predicted that way
+(``calibration[target]["covariates_unknown"]``), so the guarantee holds for it too. Measured
+on 5,000 fresh patients (seed 0 run, ``benchmarks/intervals_unknown.py``), against one width
+for all: coverage 0.897 -> 0.911, the worst condition 0.684 -> 0.824 (chronic disease 0.684 ->
+0.861; hemolysis 0.912 -> 0.824, iron deficiency 0.969 -> 0.853), mean half-width 6.05 -> 6.47. What a width cannot mend is the point prediction's bias where pictures
 look alike: in chronic disease the predictor is +4.0 too high on average (the Bayes
 posterior mean +1.9), so those patients are covered 0.74–0.76 of the time on fresh cohorts
 (0.57–0.60 with one width); even the generator's posterior SD as σ, which no lab has, would

@@ -102,10 +102,16 @@ def test_predictor_reports_each_patients_own_interval(run):
         assert other["hematocrit_high"] - other["hematocrit"] == pytest.approx(
             predictor.halfwidths("hematocrit", raw, coverage=0.6)[j])
         assert other["hematocrit_high"] - other["hematocrit"] <= rec["hematocrit_high"] - rec["hematocrit"]
-    unknown = predictor.record({k: v[0] for k, v in values.items()}, True)  # covariates unknown: one width
-    assert unknown["hematocrit_high"] - unknown["hematocrit"] == pytest.approx(
-        cal["covariates_unknown"]["halfwidth"])
-    assert unknown["hematocrit_interval_wide"] is None
+    # covariates unknown: the set model alone, its own normalised calibration, each patient's width
+    _, blind = predictor.predict(prep, seed=1, unknown_too=True)
+    cal_u = cal["covariates_unknown"]
+    assert {"scale", "wide_halfwidth"} <= set(cal_u)
+    blind_values = predictor.calibrated(blind)
+    np.testing.assert_allclose(blind_values["hematocrit_halfwidth"], cal_u["scale"] * blind.spread["hematocrit"])
+    assert np.ptp(blind_values["hematocrit_halfwidth"]) > 0
+    unknown = predictor.record({k: v[0] for k, v in blind_values.items()}, True)
+    assert unknown["hematocrit_high"] - unknown["hematocrit"] == pytest.approx(blind_values["hematocrit_halfwidth"][0])
+    assert unknown["hematocrit_interval_wide"] == (blind_values["hematocrit_halfwidth"][0] > cal_u["wide_halfwidth"])
 
 
 def test_checkpoint_without_a_spread_model_gives_one_width(run, tmp_path):
