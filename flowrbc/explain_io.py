@@ -101,7 +101,8 @@ def region_sentence(e: Explanation, target: str, roles: list[str], cells: np.nda
     take = take[np.argsort(e.centres[take, v_role])]
     groups = np.split(take, np.flatnonzero(np.diff(e.centres[take, v_role]) > GAP_FL) + 1)
     groups = sorted(groups, key=lambda g: -abs(phi[g].sum()))[:2]
-    units = "points" if e.units.get(target) == "target units" else "log-odds"
+    binary = e.units.get(target) != "target units"
+    units, what = ("", f"{what} log-odds") if binary else (" points", what)
     verb = "raised" if sign > 0 else "lowered"
     parts = []
     for g in groups:
@@ -112,7 +113,7 @@ def region_sentence(e: Explanation, target: str, roles: list[str], cells: np.nda
         lo_c, hi_c = np.percentile(chc, [10, 90])
         parts.append(f"cells of {lo_v:.0f}–{hi_v:.0f} fL with a cell hemoglobin concentration of {lo_c:.0f}–"
                      f"{hi_c:.0f} g/dL ({100.0 * len(inside) / len(cells):.0f} % of the cells) {verb} the {what} by "
-                     f"{abs(phi[g].sum()):.2g} {units}")
+                     f"{abs(phi[g].sum()):.2g}{units}")
     return "; ".join(parts)
 
 

@@ -103,10 +103,11 @@ def _files(predictor, paths: list[Path], out: Path, name: str, options: dict) ->
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             continue
         e = result.explanation
+        unit = "log-odds" if predictor.targets[name]["kind"] == "binary" else "points"
         where = write_bytes(out / f"{p.stem}.cells.csv", cells_table(result))
         total = float(e.attributions[name].sum())
-        unit = "log-odds" if predictor.targets[name]["kind"] == "binary" else "points"
-        console.print(f"[bold]{p.name}[/]: {name} {e.prediction[name]:.3g} against {e.reference[name]:.3g} for "
+        label = f"{name} log-odds" if unit == "log-odds" else name
+        console.print(f"[bold]{p.name}[/]: {label} {e.prediction[name]:.3g} against {e.reference[name]:.3g} for "
                       f"healthy reference cells; the {len(e.regions):,} gated cells add {total:+.3g} {unit}; "
                       + region_sentence(e, name, result.sample.roles, result.sample.cells), highlight=False)
         console.print(f"  wrote {where}", highlight=False)
