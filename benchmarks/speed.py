@@ -142,8 +142,13 @@ def _build(spec: dict, n: int, device):
     family, depth, extra = MODELS[spec["model"]]
     if spec["impl"] == "papers":
         return paper_model(family, depth, n, spec["width"], **extra).to(device)
-    config = ModelConfig(family=family, depth=depth, width=spec["width"], checkpoint=spec["checkpoint"],
-                         lean=spec.get("lean", False), **extra)
+    config = ModelConfig(family=family, depth=depth, width=spec["width"], checkpoint=spec["checkpoint"], **extra)
+    lean = spec.get("lean")
+    if lean is None:  # as `flowrbc train` decides (flowrbc.train.lean_by_default)
+        from flowrbc.train import lean_by_default
+
+        lean = lean_by_default(config, device, _precision(spec, device, True))
+    config.lean = lean
     return build_model(config).to(device)
 
 
@@ -275,7 +280,8 @@ def run_grid_child(spec: dict) -> dict:
     return {"sets_per_s": spec["batch"] / seconds, "step_s": seconds, "peak_gib": peak / GIB,
             "flops_per_set": flops, "matmul_flop_s": rate, "roofline_sets_per_s": roofline,
             "efficiency": spec["batch"] / seconds / roofline,
-            "params": sum(p.numel() for p in model.parameters()), "precision": _precision(spec, device, train)}
+            "params": sum(p.numel() for p in model.parameters()), "precision": _precision(spec, device, train),
+            "lean": bool(getattr(getattr(model, "config", None), "lean", False))}
 
 
 def run_scaling_child(spec: dict) -> dict:
@@ -441,7 +447,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (median)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads in each child")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto")
-    ap.add_argument("--lean", action="store_true", help="flowrbc: ModelConfig.lean (fused set norm + linear)")
+    ap.add_argument("--lean", action=argparse.BooleanOptionalAction, default=None,
+                    help="flowrbc: ModelConfig.lean (fused set norm + linear); default: as `flowrbc train` decides")
     ap.add_argument("--checkpoint", action="store_true", help="flowrbc: recompute blocks in backward")
     ap.add_argument("--scaling", action="store_true", help="inference vs set size instead of the grid")
     ap.add_argument("--scaling-models", nargs="+", default=list(SCALING_MODELS),
