@@ -37,7 +37,7 @@ def explain(
                                                   "target's.")] = None,
     method: Annotated[str, typer.Option("--method", help="occlusion: each region's cells replaced by healthy "
                                         "stand-ins alone, what no region explains shared by all cells; shapley: "
-                                        "Shapley values of the regions (4x slower; less faithful, measured).")
+                                        "Shapley values of the regions (3.3x slower; less faithful, measured).")
                       ] = "occlusion",
     regions: Annotated[int, typer.Option("--regions", min=1, help="Cell regions per sample (k-means).")] = 32,
     permutations: Annotated[int, typer.Option("--permutations", min=2, help="--method shapley: orderings of the "
