@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowrbc.explain import explain_cells
+from flowrbc.explain import explain_cells, in_units
 from flowrbc.predictor import Predictor
 from flowrbc.synthetic.simulate import COMPONENTS, simulate_cohort
 
@@ -62,13 +62,7 @@ def predict_kept(predictor, cohort, keep: list[np.ndarray], seed: int) -> dict[s
     cov = np.stack([covariates(cohort.samples, i) for i in range(len(keep))])
     prep = predictor.prepare(np.concatenate(parts).astype(np.float64), offsets, cov)
     raw, _ = predictor.predict(prep, seed=seed)
-    out = {}
-    for name, spec in predictor.targets.items():
-        v = np.asarray(raw.value[name], dtype=np.float64)
-        if spec["kind"] == "binary":
-            v = v / float(predictor.calibration_for(name, False).get("temperature", 1.0))
-        out[name] = v
-    return out
+    return in_units(predictor, raw)
 
 
 def deletion(predictor, cohort, attr: list[dict], draws: int, seed: int) -> dict:
@@ -168,7 +162,8 @@ def tables(result: dict) -> str:
                   "| --- | --- | --- | --- | --- |"]
         for condition, comps in row["ground_truth"].items():
             for comp, d in comps.items():
-                cells = [f"{d[t]['auroc']:.3f} ± {d[t]['se']:.3f}" for t in ("hematocrit", "anemia") if t in d]
+                cells = [f"{d[t]['auroc']:.3f}" + ("" if d[t]["se"] is None else f" ± {d[t]['se']:.3f}")
+                         for t in ("hematocrit", "anemia") if t in d]
                 lines.append(f"| {condition} | {comp} | {next(iter(d.values()))['patients']} | " + " | ".join(cells) + " |")
         lines.append("")
     names = list(result["variants"])

@@ -133,11 +133,18 @@ def _values(predictor: Predictor, raw: np.ndarray, n: int, cov_raw: np.ndarray, 
     m = len(raw) // n
     prep = predictor.prepare(raw, np.arange(m + 1, dtype=np.int64) * n, np.repeat(cov_raw[None], m, 0))
     pred, _ = predictor.predict(prep, seed=seed)
+    return in_units(predictor, pred)
+
+
+def in_units(predictor: Predictor, pred) -> dict[str, np.ndarray]:
+    """Raw predictions (``flowrbc.predictor.RawPredictions``) in attribution units: regression
+    values as they are, binary logits divided by their calibrated temperature (log-odds)."""
     out = {}
     for name, spec in predictor.targets.items():
         v = np.asarray(pred.value[name], dtype=np.float64)
         if spec["kind"] == "binary":
-            v = v / float(predictor.calibration_for(name, bool(prep.unknown[0])).get("temperature", 1.0))
+            t = np.array([float(predictor.calibration_for(name, bool(u)).get("temperature", 1.0)) for u in pred.unknown])
+            v = v / t
         out[name] = v
     return out
 

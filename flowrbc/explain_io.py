@@ -30,27 +30,22 @@ class FileExplanation:
     path: str
     sample: Any  # flowrbc.io.sample.GatedSample
     explanation: Explanation
-    values: dict[str, Any]  # the reported prediction (``Predictor.record``)
-    covariates: dict[str, Any]
 
 
 def explain_file(predictor: Predictor, path: str | os.PathLike, *, overrides: dict[str, str] | None = None,
                  scales: dict[str, float] | None = None, covariates: dict[str, Any] | None = None,
                  dataset: int = 0, method: str = "occlusion", regions: int = REGIONS,
                  permutations: int = PERMUTATIONS, seed: int = 0) -> FileExplanation:
-    """Read and gate one FCS file as ``flowrbc predict`` does, predict it, attribute."""
+    """Read and gate one FCS file as ``flowrbc predict`` does and attribute its prediction
+    (``Explanation.prediction`` is the value ``predict`` reports, in attribution units)."""
     from flowrbc.io.sample import load_sample
 
     sample = load_sample(path, model_channels=predictor.channels, overrides=overrides, scales=scales,
                          trained_ranges=predictor.ranges, dataset=dataset)
-    used, cov_raw = predictor.covariates.values(covariates, sample.keywords)
-    prep = predictor.prepare(sample.cells, np.array([0, len(sample.cells)]), cov_raw[None])
-    raw, _ = predictor.predict(prep, seed=seed)
-    value = {k: float(v[0]) for k, v in predictor.calibrated(raw).items()}
-    values = predictor.record(value, bool(prep.unknown[0]))
+    _, cov_raw = predictor.covariates.values(covariates, sample.keywords)
     expl = explain_cells(predictor, sample.cells, cov_raw, method=method, regions=regions, permutations=permutations,
                          seed=seed)
-    return FileExplanation(str(path), sample, expl, values, used)
+    return FileExplanation(str(path), sample, expl)
 
 
 def cells_table(result: FileExplanation) -> bytes:

@@ -118,11 +118,10 @@ def _files(predictor, paths: list[Path], out: Path, name: str, options: dict) ->
 def _cohort(predictor, path: Path, out: Path, name: str, options: dict) -> None:
     import anndata
     import numpy as np
-    import pandas as pd
 
     from flowrbc.errors import CohortError
     from flowrbc.explain_io import cohort_map, explain_cohort, write_bytes
-    from flowrbc.io.cohort import Cohort
+    from flowrbc.io.cohort import Cohort, sample_order
 
     try:
         adata = anndata.read_h5ad(path)
@@ -133,9 +132,7 @@ def _cohort(predictor, path: Path, out: Path, name: str, options: dict) -> None:
         task = bar.add_task(f"explaining {cohort.n_samples} samples", total=cohort.n_samples, status="")
         attr, region, predictions = explain_cohort(predictor, cohort, **options, progress=lambda i: bar.advance(task))
     # the cohort's cells are grouped by sample; obs keeps its own order
-    sid = adata.obs["sample_id"].astype(str)
-    codes = pd.Categorical(sid, categories=list(cohort.samples.index.astype(str))).codes.astype(np.int64)
-    order = np.argsort(codes, kind="stable")  # obs row of each cohort cell
+    order, _ = sample_order(adata.obs["sample_id"], cohort.samples.index.astype(str))  # obs row of each cohort cell
     for t, a in attr.items():
         col = np.full(adata.n_obs, np.nan)
         col[order] = a

@@ -117,9 +117,7 @@ class Cohort:
             cat = sid.astype("category")
             order = [str(c) for c in cat.cat.categories if (sid == c).any()]
             table = pd.DataFrame(index=pd.Index(order, name="sample_id"))
-        codes = pd.Categorical(sid.astype(str), categories=order).codes.astype(np.int64)
-        perm = np.argsort(codes, kind="stable")
-        counts = np.bincount(codes, minlength=len(order))
+        perm, counts = sample_order(sid, order)
         x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
         samples = table.loc[order].copy()
         samples.index.name = "sample_id"
@@ -135,6 +133,16 @@ class Cohort:
             roles=roles,
             source=src,
         )
+
+
+def sample_order(sample_ids, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells labelled ``sample_ids`` (obs order) grouped by sample in ``order``, stably ->
+    (perm (n_cells,): the obs row of each grouped cell, counts (len(order),)). The one rule
+    ``Cohort.from_anndata`` groups by and ``flowrbc explain`` maps cohort values back to obs with."""
+    import pandas as pd
+
+    codes = pd.Categorical(np.asarray(sample_ids).astype(str), categories=list(order)).codes.astype(np.int64)
+    return np.argsort(codes, kind="stable"), np.bincount(codes, minlength=len(order))
 
 
 def _roles_from_var(var, channels: list[str]) -> dict[str, str]:
