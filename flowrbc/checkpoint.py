@@ -14,7 +14,9 @@ cohort's healthy cell density and histogram bands, for reports; ``flowrbc.report
 ``explain_reference`` (healthy training cells, the reference of ``flowrbc.explain``; absent in
 checkpoints written before it),
 ``precision`` (what the model was validated in, "bf16" or "fp32" (``flowrbc.precision``), and
-predicts in by default; absent in checkpoints written before it: "auto"),
+predicts in by default; absent in checkpoints written before it: "auto"), ``read_size`` (cells
+per prediction set; None: every cell in one set, ``flowrbc.decoder_fit``; absent in
+checkpoints written before it: ``train_config["set_size"]``),
 ``metrics``, ``versions``, ``fingerprint`` (of the training data), ``complete`` (False while
 training is under way), ``digest``.
 

@@ -93,7 +93,8 @@ class Predictor:
     scaler: FeatureScaler
     targets: dict[str, dict]  # name -> {"kind": "regression", "mean", "std"} | {"kind": "binary"}
     covariates: CovariateEncoder
-    set_size: int | None  # cells per training set; None: each patient's every cell
+    set_size: int | None  # cells per prediction set (the average over disjoint sets); None: every
+    # cell in one set (a model trained on every cell, or whose decoder was refitted on them)
     index_inputs: Any = None  # flowrbc.hybrid.IndexInputs; None: the decoder reads no index features
     index: Any = None  # flowrbc.hybrid.IndexModels; None: the set model alone
     calibration: dict[str, dict] = field(default_factory=dict)
@@ -141,7 +142,7 @@ class Predictor:
         return cls(model=model, channels=[(str(r), str(c)) for r, c in payload["channels"]],
                    scaler=FeatureScaler.from_dict(payload["scaler"]), targets=payload["targets"],
                    covariates=CovariateEncoder.from_dict(payload["covariates"]),
-                   set_size=payload["train_config"]["set_size"], index_inputs=index_inputs, index=index,
+                   set_size=payload.get("read_size", payload["train_config"]["set_size"]), index_inputs=index_inputs, index=index,
                    calibration=payload.get("calibration") or {}, device=device,
                    ranges=payload.get("feature_ranges") or {}, moments=payload.get("moments") or {},
                    complete=bool(payload.get("complete", False)), path=Path(path), family=config.family,

@@ -33,7 +33,7 @@ def test_prediction_fields_and_determinism(run):
     a = predict_file(model, path, seed=1).to_dict()
     b = predict_file(model, path, seed=1).to_dict()
     assert a == b
-    assert a["cells_used"] == 300 and a["draws"] == min(10, -(-300 // model.set_size))  # ⌈300 / N⌉ disjoint sets
+    assert a["cells_used"] == 300 and a["draws"] == "all"  # every cell in one set (the default --read all)
     assert a["hematocrit_low"] < a["hematocrit"] < a["hematocrit_high"]
     assert 0.0 <= a["anemia_probability"] <= 1.0
     assert a["anemia"] == (a["anemia_probability"] >= 0.5)
@@ -155,15 +155,18 @@ def test_all_cells_streams_every_gated_cell_like_the_whole_set(tmp_path):
 
 
 def test_all_cells_reads_every_gated_cell_in_one_set_for_any_family(run):
-    """--all-cells on the default (Deep Sets++) model: one set of every gated cell, so the
-    seed and the draws change nothing."""
+    """--all-cells: one set of every gated cell, so the seed and the draws change nothing; the
+    default model (--read all) reads that way already, a --read sets model reads sets."""
     model_path, files = run
     model = load_model(model_path)
     path = sorted(files.glob("*.fcs"))[0]
     a = predict_file(model, path, all_cells=True, seed=1).to_dict()
     b = predict_file(model, path, all_cells=True, seed=2, draws=3).to_dict()
     assert a["draws"] == "all" and a == dict(b, draws="all")
-    assert a["hematocrit"] != predict_file(model, path, seed=1).to_dict()["hematocrit"]
+    assert a == predict_file(model, path, seed=1).to_dict()
+    model.set_size = 64  # as a --read sets model of 64-cell sets reads a file
+    sets = predict_file(model, path, seed=1).to_dict()
+    assert sets["draws"] == 5 and sets["hematocrit"] != a["hematocrit"]
 
 
 def test_instrument_units_are_refused_by_channel_and_predict_once_scaled(run, tmp_path):

@@ -68,7 +68,11 @@ def test_a_sample_predicts_the_same_alone_and_in_any_batch(run):
     other_seed, _ = predictor.predict(prep, np.array([7]), seed=2)
     np.testing.assert_allclose(together.value["hematocrit"], reversed_.value["hematocrit"][::-1], atol=1e-6)
     assert alone.value["hematocrit"][0] == pytest.approx(together.value["hematocrit"][7], abs=1e-6)
-    assert other_seed.set_model["hematocrit"][0] != pytest.approx(alone.set_model["hematocrit"][0], abs=1e-6)
+    assert other_seed.set_model["hematocrit"][0] == alone.set_model["hematocrit"][0]  # every cell: no draws
+    predictor.set_size = 16  # disjoint 16-cell sets: the seed picks them
+    sets, _ = predictor.predict(prep, np.array([7]), seed=1)
+    sets_other, _ = predictor.predict(prep, np.array([7]), seed=2)
+    assert sets_other.set_model["hematocrit"][0] != pytest.approx(sets.set_model["hematocrit"][0], abs=1e-6)
 
 
 def test_unknown_covariates_use_the_set_model_and_its_own_calibration(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,12 @@ from flowrbc.cli._common import (
     user_errors,
 )
 from flowrbc.cli._format import number as _fmt
+
+
+class Read(str, Enum):
+    all = "all"
+    sets = "sets"
+
 
 DEFAULT_MODEL = Path("runs/latest/model.pt")
 ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (model.pt or its run directory).")]
@@ -88,6 +95,10 @@ def train(
     set_size: Annotated[Optional[str], typer.Option("--set-size", help="Cells per training set, redrawn every "
                                                     "step (default 250), or 'all': as many as each patient has, "
                                                     "and prediction on every cell.")] = None,
+    read: Annotated[Read, typer.Option("--read", help="How the predictor reads a patient: all (default): every "
+                                       "cell in one set, the decoder refitted on whole-patient embeddings after "
+                                       "the epochs; sets: the average over disjoint sets of --set-size cells.")]
+    = Read.all,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
@@ -133,7 +144,7 @@ def train(
             given["covariates"] = tuple(c for c in covariate if c.lower() != "none")
         config = TrainConfig(**{k: v for k, v in given.items() if v is not None}, device=device.value,
                              precision=precision.value, seed=seed, coverage=coverage, hybrid=hybrid,
-                             index_inputs=index_inputs)
+                             index_inputs=index_inputs, read=read.value)
         if set_size is not None:
             config.set_size = None if set_size.strip().lower() == "all" else _count("--set-size", set_size)
         if resume and out is None:
