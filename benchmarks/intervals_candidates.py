@@ -11,6 +11,8 @@ a spread σ(x) unless said) and scored on the patients given:
   out-of-fold trees);
 - shipped, γ = 1.25: σ^1.25, the widths' contrast sharpened;
 - CQR: 5 % / 95 % quantile trees of the training errors, conformalised (asymmetric);
+- one-sided spreads: σ_below(x) and σ_above(x), trees of the shipped training error's positive
+  and negative parts, with the score max(e / σ_below, −e / σ_above) (asymmetric, normalised);
 - Bayes SD: the generator's posterior SD as σ around this predictor (not available to a
   lab: how far the best possible σ would take this point prediction).
 """
@@ -52,7 +54,7 @@ def candidates(predictor, prep, raw, samples, calibration_errors, seed: int = 0)
 
     from flowrbc.calibration import calibrated_probability, fit_temperature
     from flowrbc.io.builtin import load_default_cohort
-    from flowrbc.spread import SPREAD_PARAMS, fit_spread, spread_inputs
+    from flowrbc.spread import SPREAD_PARAMS, fit_spread, proxy_predictions, spread_inputs, training_error
 
     train_cohort = load_default_cohort()
     if predictor.meta.get("cohort") != train_cohort.source:
@@ -89,6 +91,13 @@ def candidates(predictor, prep, raw, samples, calibration_errors, seed: int = 0)
                                             **SPREAD_PARAMS).fit(X_tr, r_tr) for a in (0.05, 0.95))
     q = rank_quantile(np.maximum(lo.predict(X_va) - r_va, r_va - hi.predict(X_va)))
     out["CQR"] = (lo.predict(X_ev) - q, hi.predict(X_ev) + q)
+    proxy = proxy_predictions(tprep.features, tprep.cov_raw, {"hematocrit": y_all},
+                              {"hematocrit": predictor.targets["hematocrit"]}, tr, seed)["hematocrit"]
+    e_tr = training_error(traw.set_model["hematocrit"], proxy, y_all[tr])  # pred − y, as the shipped spread learns
+    names = [str(i) for i in range(X_tr.shape[1])]
+    below, above = fit_spread(X_tr, np.maximum(e_tr, 0.0), names), fit_spread(X_tr, np.maximum(-e_tr, 0.0), names)
+    q = rank_quantile(np.maximum(r_va / below.predict(X_va), -r_va / above.predict(X_va)))
+    out["one-sided spreads"] = (-q * above.predict(X_ev), q * below.predict(X_ev))
     bayes_va = train_cohort.samples["bound_hematocrit_sd"].to_numpy(float)[va]
     out["Bayes SD (not a lab's)"] = normalised(bayes_va, samples["bound_hematocrit_sd"].to_numpy(float))
 
