@@ -167,6 +167,21 @@ class TrainingData:
     def loss(self, out: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over targets of the masked mean loss: MSE on standardised values, BCE on logits."""
         parts = {}
+        for name, (per, m) in self._per_sample(out, idx).items():
+            parts[name] = (per * m).sum() / m.sum().clamp(min=1.0)
+        return sum(parts.values()), parts
+
+    def sample_losses(self, out: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Each sample's share of ``loss`` -> (B,): their mean is the loss, so two decoders can be
+        compared per sample (paired)."""
+        total = torch.zeros(len(idx), device=idx.device)
+        for per, m in self._per_sample(out, idx).values():
+            total = total + per * m * (len(idx) / m.sum().clamp(min=1.0))
+        return total
+
+    def _per_sample(self, out: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """target -> (per-sample loss (B,), 1.0 where the target is known (B,))."""
+        parts = {}
         for name, spec in self.specs.items():
             pred = out[name].float().squeeze(-1)  # (B,)
             y, m = self.y[name][idx], self.mask[name][idx]
@@ -174,6 +189,5 @@ class TrainingData:
                 per = (pred - y) ** 2
             else:
                 per = torch.nn.functional.binary_cross_entropy_with_logits(pred, y, reduction="none")
-            parts[name] = (per * m).sum() / m.sum().clamp(min=1.0)
-        return sum(parts.values()), parts
-
+            parts[name] = (per, m)
+        return parts

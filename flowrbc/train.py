@@ -283,9 +283,10 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
                                   covariate_dropout=config.covariate_dropout, seed=config.seed,
                                   precision=precision["predict"])
         predictor.set_size = None
-        say(f"best epoch {result.best_epoch} of {config.epochs}; decoder refitted on every cell of each patient "
-            f"(validation loss {decoder_fit.val_before:.4f} -> {decoder_fit.val_after:.4f}, "
-            f"{decoder_fit.wall_s:.0f} s); calibrating and testing")
+        verdict = ("kept" if decoder_fit.kept else "not kept: the trained decoder reads every cell")
+        say(f"best epoch {result.best_epoch} of {config.epochs}; decoder refitted on every cell of each patient, "
+            f"validation loss lower by {decoder_fit.gain:.4f} ± {decoder_fit.gain_se:.4f}, {verdict} "
+            f"({decoder_fit.wall_s:.0f} s); calibrating and testing")
     else:
         say(f"best epoch {result.best_epoch} of {config.epochs}; calibrating and testing")
 

@@ -12,7 +12,7 @@ TINY = dict(width=16, depth=1, set_size=32, epochs=3, batch_size=16, device="cpu
 
 @pytest.fixture(scope="module")
 def cohort():
-    return synthetic_cohort(n_patients=80, n_cells=96, seed=13)
+    return synthetic_cohort(n_patients=200, n_cells=96, seed=13)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,10 @@ def test_fit_decoder_learns_from_a_blank_decoder_and_leaves_the_encoder(data):
         for layer in [*model.decoder.trunk, *model.decoder.heads.values()]:
             layer.reset_parameters()
         for head in model.decoder.heads.values():
-            head.weight.mul_(5.0)
+            head.weight.mul_(20.0)
     done = fit_decoder(model, data, lr=3e-3, weight_decay=0.0, covariate_dropout=0.2, seed=0, max_epochs=40)
-    assert done.best_epoch > 0 and done.val_after < 0.9 * done.val_before
+    assert done.kept and done.best_epoch > 0 and done.val_after < 0.9 * done.val_before
+    assert done.gain == pytest.approx(done.val_before - done.val_after, rel=1e-4) and done.gain > 2 * done.gain_se
     assert min(done.history) == pytest.approx(done.val_after)
     for k, v in model.state_dict().items():
         if k in encoder:
@@ -70,7 +71,22 @@ def test_fit_decoder_keeps_the_trained_decoder_when_nothing_beats_it(data):
     model = _model(data)
     before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     done = fit_decoder(model, data, lr=1e-3, weight_decay=0.0, covariate_dropout=0.0, seed=0, max_epochs=0)
-    assert done.best_epoch == 0 and done.val_after == done.val_before
+    assert done.best_epoch == 0 and not done.kept and done.val_after == done.val_before
+    for k, v in model.decoder.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_a_refit_better_by_too_few_standard_errors_is_not_kept(data, monkeypatch):
+    """The same refit as above, under a margin no gain can clear: the epochs run and find a
+    better decoder, but the trained one stays."""
+    from flowrbc import decoder_fit
+
+    model = _model(data)
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    monkeypatch.setattr(decoder_fit, "MARGIN_SE", 1e9)
+    done = decoder_fit.fit_decoder(model, data, lr=3e-3, weight_decay=0.0, covariate_dropout=0.0, seed=0,
+                                   max_epochs=20)
+    assert done.best_epoch > 0 and done.gain > 0 and not done.kept and done.val_after == done.val_before
     for k, v in model.decoder.state_dict().items():
         torch.testing.assert_close(v, before[k])
 
@@ -87,6 +103,7 @@ def test_read_all_predicts_on_every_cell_and_read_sets_on_sets(cohort, tmp_path)
     assert load_checkpoint(sets.run_dir / "model.pt")["read_size"] == 32
     fitted = whole.metrics["decoder_fit"]
     assert fitted["val_after"] <= fitted["val_before"] and sets.metrics["decoder_fit"] is None
+    assert fitted["kept"] == (fitted["best_epoch"] > 0 and fitted["gain"] > 2 * fitted["gain_se"])
 
     a, b = Predictor.load(whole.run_dir / "model.pt"), Predictor.load(sets.run_dir / "model.pt")
     assert a.set_size is None and b.set_size == 32
@@ -100,7 +117,7 @@ def test_read_all_predicts_on_every_cell_and_read_sets_on_sets(cohort, tmp_path)
     for k in enc_a:
         torch.testing.assert_close(enc_a[k], enc_b[k])
     assert any(not torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items()
-               if k.startswith("decoder.")) == (fitted["best_epoch"] > 0)
+               if k.startswith("decoder.")) == fitted["kept"]
 
 
 def test_a_checkpoint_without_read_size_reads_as_it_trained(cohort, tmp_path):
