@@ -136,3 +136,18 @@ def test_bad_read_is_refused():
 
     with pytest.raises(FlowrbcError, match="--read every"):
         TrainConfig(read="every").check()
+
+
+def test_sample_losses_average_to_the_loss(data):
+    """Per-sample shares, missing targets included, average to the training loss."""
+    idx = torch.arange(0, 40)
+    g = torch.Generator().manual_seed(0)
+    out = {name: torch.randn(len(idx), 1, generator=g) for name in data.specs}
+    known = float(data.mask["hematocrit"][3])
+    data.mask["hematocrit"][3] = 0.0  # one sample without a hematocrit
+    try:
+        each = data.sample_losses(out, idx)
+        assert each.shape == (40,)
+        torch.testing.assert_close(each.mean(), data.loss(out, idx)[0])
+    finally:
+        data.mask["hematocrit"][3] = known
