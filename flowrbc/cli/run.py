@@ -97,7 +97,8 @@ def train(
                                                     "and prediction on every cell.")] = None,
     read: Annotated[Read, typer.Option("--read", help="How the predictor reads a patient: all (default): every "
                                        "cell in one set, the decoder refitted on whole-patient embeddings after "
-                                       "the epochs; sets: the average over disjoint sets of --set-size cells.")]
+                                       "the epochs where that lowers the validation loss by more than 2 SE; "
+                                       "sets: the average over disjoint sets of --set-size cells.")]
     = Read.all,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sets per step (per process).")] = None,
