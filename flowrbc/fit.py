@@ -84,7 +84,7 @@ class FitState:
         """Everything ``fit(..., resume=...)`` needs to continue exactly where this stopped."""
         return {
             "epoch": self.epoch,
-            "model": _cpu_state(_unwrap(self.model)),
+            "model": cpu_state(_unwrap(self.model)),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -129,7 +129,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model here
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights on the CPU (what checkpoints store)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -185,7 +186,7 @@ def fit(
     milestones = sorted({max(1, round(m * config.epochs)) for m in config.milestones})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.gamma)
 
-    result = FitResult(best_state=_cpu_state(base), history=[], best_epoch=0)
+    result = FitResult(best_state=cpu_state(base), history=[], best_epoch=0)
     start = 0
     if resume is not None:
         base.load_state_dict(resume["model"])
@@ -243,7 +244,7 @@ def fit(
             score = -float(epoch)  # no validation: the latest weights are the best
         improved = score < result.best_score or result.best_epoch == 0
         if improved:
-            result.best_state = _cpu_state(base)
+            result.best_state = cpu_state(base)
             result.best_epoch, result.best_score = epoch + 1, score
         entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": lr, **metrics}
         entry["time_s"] = time.perf_counter() - t0

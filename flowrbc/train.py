@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from flowrbc.errors import FlowrbcError
-from flowrbc.fit import FitConfig, FitProgress, FitState, fit, resolve_device
+from flowrbc.fit import FitConfig, FitProgress, FitState, cpu_state, fit, resolve_device
 from flowrbc.precision import PRECISIONS, describe_precision, resolve_precision
 
 
@@ -301,7 +301,7 @@ def _train(cohort, config, out_dir, resume, progress, on_epoch_end, say, plots, 
                    decoder_fit=None if decoder_fit is None else decoder_fit.to_dict())
     index = cohort_fits.index
     save_checkpoint(run_dir / "model.pt", dict(
-        meta, state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        meta, state_dict=cpu_state(model),  # the decoder as refitted
         complete=True, best_epoch=result.best_epoch, read_size=predictor.set_size,
         calibration=predictor.calibration, feature_ranges=cohort_fits.ranges, moments=cohort_fits.moments,
         healthy_reference=cohort_fits.healthy, metrics=_finite(metrics.get("test", {})),

@@ -300,7 +300,8 @@ def _print_predictions(rows: list[dict], format: Format) -> None:
 
     cov = next((r["hematocrit_coverage"] for r in rows if r.get("hematocrit_coverage") is not None), None)
     draws = sorted({str(r["draws"]) for r in rows})
-    how = "each prediction reads every gated cell, in one set" if draws == ["all"] else f"each prediction averages {'/'.join(draws)} disjoint random subsets"
+    how = ("each prediction reads every gated cell, in one set" if draws == ["all"]
+           else f"each prediction averages {'/'.join(draws)} disjoint random subsets")
     scaled = sorted({", ".join(f"{k.removeprefix('scale_')} ×{v:g}" for k, v in r.items() if k.startswith("scale_"))
                      for r in rows} - {""})
     how += "".join(f"; scaled: {s}" for s in scaled)
