@@ -19,6 +19,10 @@ percentiles of volume, hemoglobin and cell Hb concentration, MCHC, RDW, HDW, sha
 micro-/macrocytic and hypo-/hyperchromic cells) with sex and age. Its settings are chosen on
 the validation split, then it is refitted on training + validation patients (more than any
 run trains on) and averaged over three seeds. Each run is then also paired against it.
+
+``--precisions fp32 auto``: each run predicted in each precision (``flowrbc.precision``; "auto"
+is bf16 inference on a CPU with bf16 matrix units), paired against the first row: what bf16
+costs in accuracy, on the same patients.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=5000)
     ap.add_argument("--cells", type=int, default=1000)
     ap.add_argument("--all-cells", action="store_true", help="every cell in one set, whatever the training")
+    ap.add_argument("--precisions", nargs="+", default=[None], choices=["auto", "bf16", "fp32"],
+                    help="predict each run in each of these (default: the precision it was validated in)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--gbm", type=int, nargs=2, metavar=("P", "C"), help="also the index-feature GBM fitted on "
                     "the built-in cohort of P patients x C cells")
@@ -59,8 +65,8 @@ def main() -> None:
         print(f"index-feature GBM ({args.gbm[0]} x {args.gbm[1]}): Hct MSE {sq.mean():.3f} ± "
               f"{paired(sq, np.zeros_like(sq))['se']:.3f}; {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append({"run": "index-feature GBM", "mse": float(sq.mean()), "mse_se": paired(sq, np.zeros_like(sq))["se"]})
-    for run in args.runs:
-        predictor = Predictor.load(run / "model.pt")
+    for run, precision in ((r, p) for r in args.runs for p in args.precisions):
+        predictor = Predictor.load(run / "model.pt", precision=precision)
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         raw, _ = predictor.predict(predictor.prepare_cohort(fresh), all_cells=args.all_cells)
         wall = time.perf_counter() - t0
@@ -69,7 +75,7 @@ def main() -> None:
         sq = (hct - y_h) ** 2
         auroc = paired_auroc(y_a, prob)
         trained = json.loads((run / "metrics.json").read_text())
-        row = {"run": str(run), "set_size": predictor.set_size, "all_cells": args.all_cells,
+        row = {"run": str(run), "precision": predictor.precision, "set_size": predictor.set_size, "all_cells": args.all_cells,
                "predictor": trained.get("predictor"), "mse": float(sq.mean()),
                "mse_se": paired(sq, np.zeros_like(sq))["se"], "auroc": auroc["diff"], "auroc_se": auroc["se"],
                "train_wall_s": trained.get("wall_time_s"), "predict_wall_s": wall,
@@ -88,7 +94,7 @@ def main() -> None:
         rows.append(row)
         vs = (f"  vs first: MSE {row['vs_first_mse']:+.3f} ± {row['vs_first_mse_se']:.3f}, AUROC "
               f"{row['vs_first_auroc']:+.4f} ± {row['vs_first_auroc_se']:.4f}" if "vs_first_mse" in row else "")
-        print(f"{run}: set size {predictor.set_size or 'all'}{' (read: all cells)' if args.all_cells else ''}, "
+        print(f"{run} ({predictor.precision}): set size {predictor.set_size or 'all'}{' (read: all cells)' if args.all_cells else ''}, "
               f"{row['predictor']}: Hct MSE {row['mse']:.3f} ± {row['mse_se']:.3f}, AUROC {row['auroc']:.4f} ± "
               f"{row['auroc_se']:.4f}; training {row['train_wall_s']:.0f} s, prediction {wall:.1f} s, "
               f"load {load0:.2f}{vs}", flush=True)

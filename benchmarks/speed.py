@@ -212,11 +212,12 @@ def _batches(spec: dict, device):
 
 
 def _precision(spec: dict, device, train: bool) -> str:
-    """flowrbc's own precision rule (``flowrbc.precision``, "auto"); the baseline is float32."""
+    """flowrbc's precision rule (``flowrbc.precision``) on ``--precision`` (default "auto"); the
+    baseline is float32."""
     if spec["impl"] == "flowrbc":
         from flowrbc.precision import resolve_precision
 
-        return resolve_precision("auto", device, spec["width"], train)
+        return resolve_precision(spec.get("precision", "auto"), device, spec["width"], train)
     return "fp32"
 
 
@@ -336,7 +337,7 @@ def machine(args) -> dict:
     torch.set_num_threads(args.threads)  # the children's count: the rule's measurement is per count
     device = torch.device(args.device)
     return {"cpu": cpu_capability(), "torch": str(torch.__version__), "threads": args.threads,
-            "precision": {phase: describe_precision("auto", device, args.width, phase == "train")
+            "precision": {phase: describe_precision(args.precision, device, args.width, phase == "train")
                           for phase in ("train", "infer")}}
 
 
@@ -394,7 +395,7 @@ def grid(args) -> list[dict]:
                 for phase in ("train", "infer"):
                     spec = dict(impl=impl, model=name, n=n, phase=phase, batch=args.batch, width=args.width,
                                 steps=args.steps, threads=args.threads, device=args.device,
-                                checkpoint=args.checkpoint, lean=args.lean)
+                                checkpoint=args.checkpoint, lean=args.lean, precision=args.precision)
                     row[impl, phase] = r = run_child(spec, args)
                     records.append(r)
                 tr, inf = row[impl, "train"], row[impl, "infer"]
@@ -450,6 +451,8 @@ def main() -> None:
     ap.add_argument("--lean", action=argparse.BooleanOptionalAction, default=None,
                     help="flowrbc: ModelConfig.lean (fused set norm + linear); default: as `flowrbc train` decides")
     ap.add_argument("--checkpoint", action="store_true", help="flowrbc: recompute blocks in backward")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="flowrbc's precision (flowrbc.precision); auto: as `flowrbc train` decides")
     ap.add_argument("--scaling", action="store_true", help="inference vs set size instead of the grid")
     ap.add_argument("--scaling-models", nargs="+", default=list(SCALING_MODELS),
                     choices=list(SCALING_MODELS) + [m for m in MODELS if m not in SCALING_MODELS])

@@ -43,7 +43,8 @@ def test_train_test_metrics_equal_flowrbc_evaluate(run):
 
 def test_predict_on_fcs_files_equals_evaluate_per_patient(run, tmp_path):
     """Test samples written as FCS files (float32 events, as the cohort holds them) predict
-    exactly as the same samples inside the cohort, whatever other samples share a batch."""
+    as the same samples inside the cohort, whatever other samples share a batch: equal to a
+    few float32 roundings (matrix kernels may block a batch of another size differently)."""
     root, cohort, _ = run
     evaluated = evaluate_cohort(root / "run" / "model.pt", cohort, split="test", seed=3, per_sample=True)
     predictor = Predictor.load(root / "run" / "model.pt")
@@ -54,8 +55,8 @@ def test_predict_on_fcs_files_equals_evaluate_per_patient(run, tmp_path):
         write_fcs_arrays(path, cohort.sample_cells(i), list(cohort.channels))
         got = predict_file(predictor, path, seed=3,
                            covariates={"sex": samples["sex"].iloc[i], "age": float(samples["age"].iloc[i])}).values
-        assert got["hematocrit"] == pytest.approx(evaluated["predictions"]["hematocrit"][j], abs=1e-6)
-        assert got["anemia_probability"] == pytest.approx(evaluated["predictions"]["anemia"][j], abs=1e-6)
+        assert got["hematocrit"] == pytest.approx(evaluated["predictions"]["hematocrit"][j], rel=1e-6)
+        assert got["anemia_probability"] == pytest.approx(evaluated["predictions"]["anemia"][j], rel=1e-6, abs=1e-7)
 
 
 def test_a_sample_predicts_the_same_alone_and_in_any_batch(run):

@@ -160,7 +160,8 @@ def _matmul_dtype(x: Tensor) -> torch.dtype:
 
 class _SetNormLinearFunction(torch.autograd.Function):
     r"""Set norm, optional ReLU and a linear layer in one node:
-    :math:`y = \mathrm{act}(x a + b)\,W^\top + c` (``x: (B, N, D)`` -> ``y: (B, N, D_out)``).
+    :math:`y = \mathrm{act}(x a + b)\,W^\top + c` (``x: (B, N, D)`` -> ``y: (B, N, D_out)``;
+    ``W`` (D_out, D) and ``c`` (D_out,), or one per set: (B, D_out, D) and (B, 1, D_out)).
 
     Autograd on the three separate layers saves two (B, N, D) tensors beside ``x``: the
     normalised activations (for ReLU and the linear layer's weight gradient). This node
@@ -179,6 +180,9 @@ class _SetNormLinearFunction(torch.autograd.Function):
         h = _affine(x, mean, var, weight, bias, eps, offset)  # (B, N, D), never saved
         if act:
             h = F.relu(h, inplace=True)
+        if lin_weight.dim() == 3:  # one matrix per set
+            out = torch.matmul(h.to(cdt), lin_weight.to(cdt).transpose(1, 2))  # (B, N, D_out)
+            return out if lin_bias is None else out.add_(lin_bias.to(cdt))
         w = lin_weight.to(cdt).t()  # (D, D_out)
         out = h.new_empty(*h.shape[:-1], w.shape[1], dtype=cdt)  # a base tensor, not a view
         h2, o2 = h.to(cdt).reshape(-1, h.shape[-1]), out.view(-1, w.shape[1])  # (B*N, D), (B*N, D_out)
@@ -196,10 +200,15 @@ class _SetNormLinearFunction(torch.autograd.Function):
         h = _affine(x, mean, var, weight, bias, ctx.eps, ctx.offset)  # (B, N, D), as in forward
         if ctx.act:
             h = F.relu(h, inplace=True)
-        dy2 = dy.reshape(-1, dy.shape[-1]).to(cdt)  # (B*N, D_out)
-        d_lin_w = (dy2.t() @ h.reshape(-1, h.shape[-1]).to(cdt)).to(lin_weight.dtype)  # (D_out, D)
-        d_lin_b = dy2.sum(0).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None
-        dz = (dy.to(cdt) @ lin_weight.to(cdt)).to(x.dtype)  # (B, N, D)
+        if lin_weight.dim() == 3:  # one matrix per set
+            dyc = dy.to(cdt)  # (B, N, D_out)
+            d_lin_w = torch.matmul(dyc.transpose(1, 2), h.to(cdt)).to(lin_weight.dtype)  # (B, D_out, D)
+            d_lin_b = dyc.sum(1, keepdim=True).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None  # (B, 1, D_out)
+        else:
+            dy2 = dy.reshape(-1, dy.shape[-1]).to(cdt)  # (B*N, D_out)
+            d_lin_w = (dy2.t() @ h.reshape(-1, h.shape[-1]).to(cdt)).to(lin_weight.dtype)  # (D_out, D)
+            d_lin_b = dy2.sum(0).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None
+        dz = torch.matmul(dy.to(cdt), lin_weight.to(cdt)).to(x.dtype)  # (B, N, D)
         if ctx.act:
             dz.masked_fill_(h <= 0, 0.0)
         rstd = torch.rsqrt(var + ctx.eps)
@@ -326,8 +335,32 @@ def norm_linear(norm: nn.Module, linear: nn.Linear, x: Tensor, mask: Tensor | No
     only ``x`` for backward (half a clean block's activation memory; the recomputation made
     training 20-30 % slower on CPU, measured). Otherwise the layers one after the other.
     """
+    return norm_matmul(norm, x, mask, linear.weight, linear.bias, act, lean)
+
+
+def norm_matmul(norm: nn.Module, x: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
+                act: bool = False, lean: bool = False) -> Tensor:
+    """``norm_linear`` with the weights given: ``weight`` (D_out, D) and ``bias`` (D_out,), or one
+    matrix per set, (B, D_out, D) and (B, 1, D_out). (B, N, D) -> (B, N, D_out)."""
     if lean and isinstance(norm, SetNorm) and torch.is_grad_enabled():
-        return _SetNormLinearFunction.apply(
-            x, norm.weight, norm.bias, linear.weight, linear.bias, mask, norm.eps, act
-        )
-    return linear(norm_act(norm, x, mask) if act else norm(x, mask))
+        return _SetNormLinearFunction.apply(x, norm.weight, norm.bias, weight, bias, mask, norm.eps, act)
+    z = norm_act(norm, x, mask) if act else norm(x, mask)  # (B, N, D)
+    if weight.dim() == 2:
+        return F.linear(z, weight, bias)
+    out = torch.matmul(z, weight.transpose(1, 2))  # (B, N, D_out)
+    return out if bias is None else out + bias
+
+
+def norm_mix(p: Tensor, norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+    r"""``p @ norm(x)`` for weights ``p`` (B, M, N) whose rows sum to one over the real elements of
+    ``x`` (B, N, D) (a softmax over them) -> (B, M, D).
+
+    With a set norm, :math:`z = (x - \mu_b) a_b + \beta` and rows summing to one give
+    :math:`p z = (p x - \mu_b)\,a_b + \beta`: the same values, and backward keeps ``x`` (the
+    block's input, kept anyway) and ``p`` instead of a (B, N, D) ``norm(x)``.
+    """
+    if isinstance(norm, SetNorm):
+        mean, var, _, _ = _set_stats(x, mask)  # (B, 1, 1) each
+        a = torch.rsqrt(var + norm.eps) * norm.weight  # (B, 1, D)
+        return torch.addcmul(norm.bias, torch.matmul(p, x) - mean, a)
+    return torch.matmul(p, norm(x, mask))

@@ -54,3 +54,85 @@ def test_softmax_saves_its_dtype_and_has_the_exact_gradient():
     ref = s.detach().float().bfloat16().float().requires_grad_()
     (grad_ref,) = torch.autograd.grad(torch.softmax(ref, -1), ref, g.bfloat16().float())
     torch.testing.assert_close(grad_low.float(), grad_ref, rtol=0, atol=0.02)
+
+
+def _st_plus_plus(lean: bool, inducing: int = 6, width: int = 32):
+    from flowrbc.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(family="set_transformer++", depth=2, width=width, heads=4, inducing=inducing,
+                                    lean=lean)).double()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the initial zeros and ones, so every term shows
+            p += 0.1 * torch.randn_like(p)
+    return model
+
+
+@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_through_the_few_side_equals_the_projected_path(monkeypatch, lean, padded):
+    """ISAB's inducing points, its read-back and PMA's seed attend through the few side
+    (``MAB._learned_queries``, ``MAB._few_keys``): outputs and every parameter's gradient equal
+    those of the projected keys, queries and values, padded sets included (float64)."""
+    from flowrbc.models.set_transformer import MAB
+
+    model = _st_plus_plus(lean)
+    x = torch.randn(3, 20, 2, dtype=torch.float64)
+    mask = None
+    if padded:
+        mask = torch.ones(3, 20, dtype=torch.bool)
+        mask[0, 15:] = False
+        mask[2, 5:] = False
+    results = []
+    for few in (True, False):
+        monkeypatch.setattr(MAB, "_few", lambda self, n, dim, few=few: few)
+        model.zero_grad()
+        y = model(x, mask)["hematocrit"]  # (B, 1)
+        y.sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (y_few, g_few), (y_proj, g_proj) = results
+    torch.testing.assert_close(y_few, y_proj, rtol=1e-10, atol=1e-12)
+    assert len(g_few) == len(g_proj) > 0
+    for a, b in zip(g_few, g_proj):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_the_few_side_path_runs_where_it_needs_fewer_products():
+    """Chosen where heads * few <= width + few: ISAB 32 and PMA at width 128 with 4 heads, not
+    64 inducing points at width 64 (there projecting is cheaper)."""
+    from flowrbc.models.set_transformer import MAB
+
+    mab = MAB(128, 4, "set", "clean", query="learned")
+    assert mab._few(32, 128) and mab._few(1, 128)
+    assert not MAB(64, 4, "set", "clean", query="learned")._few(64, 64)
+
+
+def test_an_isab_block_keeps_less_for_backward_through_the_few_side(monkeypatch):
+    """Tensors of a set's size (B, N, D) or larger that autograd holds for one lean ISAB block,
+    besides its input: through the few side only the two softmax weights and the rFF's two
+    tensors; the projected path also keeps keys|values, projected queries and the heads' output."""
+    from flowrbc.models.set_transformer import ISAB, MAB
+
+    def held(few: bool) -> list[tuple[int, ...]]:
+        monkeypatch.setattr(MAB, "_few", lambda self, n, dim: few)
+        torch.manual_seed(0)
+        block = ISAB(16, 4, 4, "set", "clean")
+        for mab in (block.mab_in, block.mab_out):
+            mab.lean = True
+        x = torch.randn(2, 40, 16, requires_grad=True)
+        storages = {}
+
+        def pack(t):
+            if t.numel() >= x.numel():
+                storages[t.untyped_storage().data_ptr()] = t
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = block(x, None)
+        y.sum().backward()
+        assert torch.isfinite(x.grad).all()
+        return [tuple(t.shape) for p, t in storages.items() if p != x.untyped_storage().data_ptr()]
+
+    through, projected = held(True), held(False)
+    assert len(through) == 4, through
+    assert len(projected) > len(through) + 2, projected
