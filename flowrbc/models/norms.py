@@ -74,7 +74,7 @@ def _affine(
     return torch.addcmul(b, x, a, out=torch.empty_like(x))
 
 
-def _set_stats(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, bool]:
+def set_stats(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, bool]:
     """Per-set mean, variance, entry count (each (B, 1, 1), float32 or wider) over the real
     elements and all features, and whether the mean dominates the spread."""
     xs = _stats_dtype(x)
@@ -138,7 +138,7 @@ class _SetNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, mask, eps):  # noqa: D102
-        mean, var, count, offset = _set_stats(x, mask)
+        mean, var, count, offset = set_stats(x, mask)
         ctx.offset = offset
         ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps), count, mask)
         return _affine(x, mean, var, weight, bias, eps, offset)
@@ -151,7 +151,7 @@ class _SetNormFunction(torch.autograd.Function):
         return dx, dw, db, None, None
 
 
-def _matmul_dtype(x: Tensor) -> torch.dtype:
+def matmul_dtype(x: Tensor) -> torch.dtype:
     """The dtype a linear layer computes in here: autocast's when it is on, else ``x``'s."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
@@ -173,8 +173,8 @@ class _SetNormLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lin_weight, lin_bias, mask, eps, act):  # noqa: D102
-        mean, var, count, offset = _set_stats(x, mask)
-        cdt = _matmul_dtype(x)
+        mean, var, count, offset = set_stats(x, mask)
+        cdt = matmul_dtype(x)
         ctx.offset, ctx.act, ctx.cdt, ctx.eps = offset, act, cdt, eps
         ctx.save_for_backward(x, weight, bias, lin_weight, mean, var, count, mask)
         h = _affine(x, mean, var, weight, bias, eps, offset)  # (B, N, D), never saved
@@ -349,18 +349,3 @@ def norm_matmul(norm: nn.Module, x: Tensor, mask: Tensor | None, weight: Tensor,
         return F.linear(z, weight, bias)
     out = torch.matmul(z, weight.transpose(1, 2))  # (B, N, D_out)
     return out if bias is None else out + bias
-
-
-def norm_mix(p: Tensor, norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
-    r"""``p @ norm(x)`` for weights ``p`` (B, M, N) whose rows sum to one over the real elements of
-    ``x`` (B, N, D) (a softmax over them) -> (B, M, D).
-
-    With a set norm, :math:`z = (x - \mu_b) a_b + \beta` and rows summing to one give
-    :math:`p z = (p x - \mu_b)\,a_b + \beta`: the same values, and backward keeps ``x`` (the
-    block's input, kept anyway) and ``p`` instead of a (B, N, D) ``norm(x)``.
-    """
-    if isinstance(norm, SetNorm):
-        mean, var, _, _ = _set_stats(x, mask)  # (B, 1, 1) each
-        a = torch.rsqrt(var + norm.eps) * norm.weight  # (B, 1, D)
-        return torch.addcmul(norm.bias, torch.matmul(p, x) - mean, a)
-    return torch.matmul(p, norm(x, mask))

@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 from flowrbc.models.blocks import run_blocks
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import make_norm, norm_linear, norm_matmul, norm_mix
+from flowrbc.models.norms import SetNorm, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats
 from flowrbc.models.pooling import pool
 
 
@@ -56,8 +56,9 @@ class _Softmax(torch.autograd.Function):
     memory 3.58 -> 3.0 GiB, 16.1 / 16.0 -> 16.3 / 17.3 sets/s."""
 
     @staticmethod
-    def forward(ctx, s):  # noqa: D102
-        p = torch.softmax(s, -1, dtype=torch.promote_types(s.dtype, torch.float32)).to(s.dtype)
+    def forward(ctx, s, dim):  # noqa: D102
+        p = torch.softmax(s, dim, dtype=torch.promote_types(s.dtype, torch.float32)).to(s.dtype)
+        ctx.dim = dim
         ctx.save_for_backward(p)
         return p
 
@@ -66,12 +67,72 @@ class _Softmax(torch.autograd.Function):
     def backward(ctx, dp):  # noqa: D102
         (p,) = ctx.saved_tensors
         wide = torch.promote_types(p.dtype, torch.float32)
-        return torch._softmax_backward_data(dp.to(wide), p.to(wide), -1, wide).to(p.dtype)  # one fused pass
+        ds = torch._softmax_backward_data(dp.to(wide), p.to(wide), ctx.dim, wide).to(p.dtype)  # one fused pass
+        return ds, None
 
 
-def softmax(s: Tensor) -> Tensor:
-    """``softmax(s, -1)`` in float32, in ``s``'s dtype (``_Softmax``)."""
-    return _Softmax.apply(s)
+def softmax(s: Tensor, dim: int = -1) -> Tensor:
+    """``softmax(s, dim)`` in float32, in ``s``'s dtype (``_Softmax``)."""
+    return _Softmax.apply(s, dim)
+
+
+def norm_mix(p: Tensor, norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+    r"""``p^T @ norm(x)`` for weights ``p`` (B, N, M) whose columns sum to one over the real
+    elements of ``x`` (B, N, D) (a softmax over them) -> (B, M, D).
+
+    With a set norm, :math:`z = (x - \mu_b) a_b + \beta` and columns summing to one give
+    :math:`p^\top z = (p^\top x - \mu_b)\,a_b + \beta`: the same values, and backward
+    (``_SetNormMixFunction``) keeps ``x`` (the block's input, kept anyway) and ``p`` instead of a
+    (B, N, D) ``norm(x)``.
+    """
+    if isinstance(norm, SetNorm) and torch.is_grad_enabled():
+        return _SetNormMixFunction.apply(p, x, norm.weight, norm.bias, mask, norm.eps)
+    return torch.matmul(p.transpose(1, 2), norm(x, mask))
+
+
+class _SetNormMixFunction(torch.autograd.Function):
+    r""":math:`g = (p^\top x - \mu_b)\,a_b + \beta`, :math:`a_b = \gamma\,r_b` (``norm_mix``):
+    ``p`` (B, N, M), ``x`` (B, N, D) -> (B, M, D). Backward from ``dg``, with :math:`u = p^\top x`:
+    :math:`\partial u = \partial g \odot a_b`, :math:`\partial p = x\,\partial u^\top`,
+    :math:`\partial x = p\,\partial u + m \odot (x\,C + E)`, where the per-set scalars :math:`C, E`
+    carry the statistics' share as in ``flowrbc.models.norms``' set-norm backward
+    (:math:`\partial\mu_b = -\sum \partial u`, :math:`\partial r_b = \sum \partial g \odot (u - \mu_b)\,\gamma`).
+    Autograd through the statistics ran three more (B, N, D) passes (the norm's backward)."""
+
+    @staticmethod
+    def forward(ctx, p, x, weight, bias, mask, eps):  # noqa: D102
+        mean, var, count, offset = set_stats(x, mask)  # (B, 1, 1) each
+        rstd = torch.rsqrt(var + eps)
+        cdt = matmul_dtype(x)
+        u = torch.matmul(p.to(cdt).transpose(1, 2), x.to(cdt)).to(mean.dtype) - mean  # (B, M, D), centred
+        ctx.offset, ctx.cdt = offset, cdt
+        ctx.save_for_backward(p, x, weight, u, mean, rstd, count, mask)
+        return torch.addcmul(bias, u, rstd * weight)  # (B, M, D)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dg):  # noqa: D102
+        p, x, weight, u, mean, rstd, count, mask = ctx.saved_tensors
+        cdt, dt = ctx.cdt, x.dtype
+        dg = dg.to(u.dtype)
+        du = dg * (rstd * weight)  # (B, M, D)
+        d_weight = (dg * u * rstd).sum((0, 1))
+        d_bias = dg.sum((0, 1))
+        d_mean = -du.sum((1, 2), keepdim=True)  # (B, 1, 1)
+        d_var = -0.5 * rstd.pow(3) * (dg * u * weight).sum((1, 2), keepdim=True)  # (B, 1, 1)
+        c = 2.0 * d_var / count  # d var / d x = 2 (x - mean) / count on the real entries
+        e = d_mean / count if ctx.offset else d_mean / count - mean * c
+        if mask is not None:
+            m = mask.unsqueeze(-1).to(c.dtype)  # (B, N, 1)
+            c, e = c * m, e * m
+        d_p = torch.matmul(x.to(cdt), du.to(cdt).transpose(1, 2)).to(p.dtype)  # (B, N, M)
+        dx = torch.matmul(p.to(cdt), du.to(cdt)).to(dt)  # (B, N, D)
+        if ctx.offset:  # centre first: x C - mean C would cancel badly
+            dx.add_((x - mean.to(dt)) * c.to(dt))
+        else:
+            dx.addcmul_(x, c.to(dt))
+        dx.add_(e.to(dt))
+        return d_p, dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype), None, None
 
 
 class MultiHead(nn.Module):
@@ -167,10 +228,10 @@ class MAB(nn.Module):
         w_k, w_v = self.attn.kv.weight.view(2, h, d, dim)  # (h, d/h, D) each
         qp = self.attn.q(q[:1]).view(m, h, d)  # (M, h, d/h): the queries of every set
         a = torch.einsum("mhe,heD->hmD", qp, w_k).reshape(h * m, dim) * (1.0 / math.sqrt(d))  # (hM, D)
-        s = norm_matmul(self.norm_k, k, k_mask, a, None, False, self.lean).transpose(1, 2)  # (B, hM, N)
+        s = norm_matmul(self.norm_k, k, k_mask, a, None, False, self.lean)  # (B, N, hM)
         if k_mask is not None:
-            s = s.masked_fill(~k_mask.unsqueeze(1), float("-inf"))
-        p = softmax(s)  # (B, hM, N)
+            s = s.masked_fill(~k_mask.unsqueeze(-1), float("-inf"))
+        p = softmax(s, 1)  # (B, N, hM): each query's weights over the set, kept in this layout (no transposed copies)
         g = norm_mix(p, self.norm_k, k, k_mask).view(b, h, m, dim)  # (B, h, M, D)
         o = torch.einsum("bhmD,heD->bmhe", g, w_v).reshape(b, m, dim) + self.attn.kv.bias[dim:]  # (B, M, D)
         return self.attn.out(o)

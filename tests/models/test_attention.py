@@ -136,3 +136,38 @@ def test_an_isab_block_keeps_less_for_backward_through_the_few_side(monkeypatch)
     through, projected = held(True), held(False)
     assert len(through) == 4, through
     assert len(projected) > len(through) + 2, projected
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 300.0])
+def test_norm_mix_equals_weights_times_the_set_norm_with_its_gradients(padded, offset):
+    """``norm_mix`` (p^T x - mean) a + beta, with its hand-written backward, equals p^T norm(x)
+    and autograd's gradients through it, for padded sets and for a mean that dominates the
+    spread (the centred branch), in float64."""
+    from flowrbc.models.norms import SetNorm
+    from flowrbc.models.set_transformer import norm_mix
+
+    torch.manual_seed(0)
+    norm = SetNorm(5).double()
+    with torch.no_grad():
+        norm.weight.add_(torch.randn(5, dtype=torch.float64))
+        norm.bias.add_(torch.randn(5, dtype=torch.float64))
+    x = (torch.randn(3, 9, 5, dtype=torch.float64) + offset).requires_grad_()
+    mask = None
+    if padded:
+        mask = torch.ones(3, 9, dtype=torch.bool)
+        mask[1, 6:] = False
+    s = torch.randn(3, 9, 4, dtype=torch.float64)
+    if mask is not None:
+        s = s.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    s.requires_grad_()
+    dg = torch.randn(3, 4, 5, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        p = torch.softmax(s, 1)  # (B, N, M): columns sum to one over the real elements
+        g = norm_mix(p, norm, x, mask) if fused else p.transpose(1, 2) @ norm(x, mask)
+        grads.append((g.detach(), torch.autograd.grad(g, (s, x, norm.weight, norm.bias), dg)))
+    (g1, d1), (g2, d2) = grads
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+    for a, b in zip(d1, d2):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

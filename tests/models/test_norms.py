@@ -208,3 +208,4 @@ def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     assert len(big) == (1 if lean else 3), [tuple(t.shape) for t in big]
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
