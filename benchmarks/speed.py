@@ -5,6 +5,7 @@ r"""Speed harness: flowrbc's set models against the papers'-style eager baseline
     python3 benchmarks/speed.py --scaling --json scaling.json      # inference vs set size, to 10^6
     python3 benchmarks/speed.py --toy --json toy.json              # seconds: what CI runs
     python3 benchmarks/speed.py --device cuda                      # on a GPU (flowrbc: bf16 autocast, its own rule)
+    python3 benchmarks/speed.py --precision fp32                   # flowrbc in float32 whatever the CPU
 
 Grid mode: for every model and set size N, training sets/s (forward + backward + Adam, batches
 drawn from a cohort-like cell matrix), inference sets/s and peak memory, for flowrbc and for

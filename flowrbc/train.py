@@ -330,7 +330,8 @@ def lean_by_default(model_config, device: torch.device, precision: str) -> bool:
     """``ModelConfig.lean`` when not asked: on for a model of ``LEAN_MIN_DEPTH`` or more set-norm
     blocks trained in float32 on a CPU. Measured there (AMD EPYC, 2 threads, B 64, N 1,000,
     ``benchmarks/speed.py``): Deep Sets++ 25 14.7 -> 14.4 sets/s, 4.73 -> 2.63 GiB; Set
-    Transformer++ 8 11.3 -> 14.3 sets/s, 6.11 -> 5.25 GiB. Under bf16 the recomputation cost
+    Transformer++ 8 11.3 -> 14.3 sets/s, 6.11 -> 5.25 GiB (since the attention through the few
+    side, 2.4-2.6 GiB with lean on). Under bf16 the recomputation cost
     20-30 % of the speed (``flowrbc.models.norms.norm_linear``), so it stays off there."""
     return (device.type == "cpu" and precision == "fp32" and model_config.norm == "set"
             and model_config.depth >= LEAN_MIN_DEPTH)

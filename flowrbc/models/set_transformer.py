@@ -12,6 +12,10 @@ Multihead attention block, queries ``Q: (B, M, D)`` attending to keys ``K: (B, N
 
 SAB(X) = MAB(X, X); ISAB(X) = MAB(X, MAB(I, X)) with ``inducing`` learned points I
 (O(N m) instead of O(N^2)); PMA(Z) = MAB(S, Z) with one learned seed S.
+In the clean blocks, where one side is few (the inducing points, the seed, ISAB's read-back
+keys), the projections act on the few side (``MAB._learned_queries``, ``MAB._few_keys``): the
+same values with fewer products, and nothing of the whole set's size kept for backward but
+the softmax weights.
 Encoder: ``depth`` SAB/ISAB blocks -> PMA (or sum/mean/max pooling) -> decoder -> heads.
 """
 
