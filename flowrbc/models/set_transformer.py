@@ -210,7 +210,6 @@ class MAB(nn.Module):
         h = self.norm_q(self.attn(q, k, k_mask), q_mask)
         return self.norm_h(F.relu(self.fc1(h)), q_mask)
 
-
     # With few queries (learned: ISAB's inducing points, PMA's seed) or few keys (ISAB's read-back),
     # the projections on the many side's D features move onto the few side: per set the many
     # side meets one (N, D) x (D, heads * few) product for the scores and one for the mixing,
@@ -224,9 +223,9 @@ class MAB(nn.Module):
 
     def _learned_queries(self, q: Tensor, k: Tensor, k_mask: Tensor | None) -> Tensor:
         """MH(q, norm_k(k)) for learned queries q (B, M, D), the same in every set, over keys
-        k (B, N, D): scores norm_k(k) A^T with A = q W_q-projected times W_k per head (the key bias adds a
-        constant per query: it cancels in the softmax), values (p norm_k(k)) W_v^T + b_v
-        (each row of p sums to one) -> (B, M, D)."""
+        k (B, N, D): scores norm_k(k) A^T with A = (q W_q^T + b_q) W_k per head (the key bias adds
+        a constant per query, which cancels in the softmax); values (p^T norm_k(k)) W_v^T + b_v
+        (each query's weights sum to one) -> (B, M, D)."""
         b, n, dim = k.shape
         m, h = q.shape[1], self.attn.heads
         d = dim // h
