@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 RECIPES = {"default": [], "alone": ["--set-only", "--cells-only"]}  # the predictor; the set model alone
+SE_KEYS = {"predictor": "vs_baseline_se", "alone": "alone_vs_baseline_se"}  # paired SE against the baseline
 
 
 def train_point(cells: int, patients: int, fresh: int, seed: int, epochs: int | None, recipe: str,
@@ -78,8 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for key, label, marker in (("baseline", "moments baseline (every cell)", "o"),
                                    ("alone", "Deep Sets++ alone (--set-only --cells-only)", "v"),
                                    ("predictor", "default predictor", "s")):
-            se = None if key == "baseline" else [2 * r[f"{'vs_baseline' if key == 'predictor' else 'alone_vs_baseline'}_se"]
-                                                 for r in part]
+            se = [2 * r[SE_KEYS[key]] for r in part] if key in SE_KEYS else None
             ax.errorbar(x, [r[key] for r in part], yerr=se, fmt=line, marker=marker, color=colours[key], capsize=3,
                         label=f"{label}, {train:,} training patients")
     everything = sorted({r["cells"] for r in rows})

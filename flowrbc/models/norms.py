@@ -116,15 +116,24 @@ def _set_norm_backward(
     d_bias = s1.sum((0, 1))
     d_rstd = (centred * weight).sum(-1, keepdim=True)  # (B, 1, 1)
     d_mean = -(a * s1).sum(-1, keepdim=True)
-    d_var = -0.5 * rstd.pow(3) * d_rstd
-    c = 2.0 * d_var / count
+    c, e = stats_backward(d_mean, d_rstd, mu, rstd, count, mask)
+    dx = torch.addcmul(e.to(dt), x, c.to(dt), out=buf)  # (B, N, D)
+    dx.addcmul_(dz, a.to(dt))
+    return dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype)
+
+
+def stats_backward(d_mean: Tensor, d_rstd: Tensor, mu: Tensor, rstd: Tensor, count: Tensor,
+                   mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    r"""The set statistics' share of :math:`\partial x`, :math:`m \odot (x\,C + E)`, from the
+    gradients of a set's mean and :math:`r = (\sigma^2 + \epsilon)^{-1/2}` (each (B, 1, 1)):
+    :math:`C = 2\,\partial\sigma^2 / M`, :math:`E = \partial\mu / M - \mu\,C` (M real entries;
+    ``mu`` zero where x was centred first) -> (C, E), (B, N, 1) with a mask, else (B, 1, 1)."""
+    c = 2.0 * (-0.5 * rstd.pow(3) * d_rstd) / count
     e = d_mean / count - mu * c
     if mask is not None:
         m = mask.unsqueeze(-1).to(c.dtype)  # (B, N, 1)
         c, e = c * m, e * m
-    dx = torch.addcmul(e.to(dt), x, c.to(dt), out=buf)  # (B, N, D)
-    dx.addcmul_(dz, a.to(dt))
-    return dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype)
+    return c, e
 
 
 class _SetNormFunction(torch.autograd.Function):
@@ -203,7 +212,8 @@ class _SetNormLinearFunction(torch.autograd.Function):
         if lin_weight.dim() == 3:  # one matrix per set
             dyc = dy.to(cdt)  # (B, N, D_out)
             d_lin_w = torch.matmul(dyc.transpose(1, 2), h.to(cdt)).to(lin_weight.dtype)  # (B, D_out, D)
-            d_lin_b = dyc.sum(1, keepdim=True).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None  # (B, 1, D_out)
+            d_lin_b = (dyc.sum(1, keepdim=True).to(lin_weight.dtype)  # (B, 1, D_out)
+                       if ctx.needs_input_grad[4] else None)
         else:
             dy2 = dy.reshape(-1, dy.shape[-1]).to(cdt)  # (B*N, D_out)
             d_lin_w = (dy2.t() @ h.reshape(-1, h.shape[-1]).to(cdt)).to(lin_weight.dtype)  # (D_out, D)

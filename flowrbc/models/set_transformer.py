@@ -31,7 +31,8 @@ from torch.autograd.function import once_differentiable
 from flowrbc.models.blocks import run_blocks
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import SetNorm, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats
+from flowrbc.models.norms import (SetNorm, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats,
+                                  stats_backward)
 from flowrbc.models.pooling import pool
 
 
@@ -99,7 +100,7 @@ class _SetNormMixFunction(torch.autograd.Function):
     ``p`` (B, N, M), ``x`` (B, N, D) -> (B, M, D). Backward from ``dg``, with :math:`u = p^\top x`:
     :math:`\partial u = \partial g \odot a_b`, :math:`\partial p = x\,\partial u^\top`,
     :math:`\partial x = p\,\partial u + m \odot (x\,C + E)`, where the per-set scalars :math:`C, E`
-    carry the statistics' share as in ``flowrbc.models.norms``' set-norm backward
+    carry the statistics' share (``flowrbc.models.norms.stats_backward``, as in the set norm's backward)
     (:math:`\partial\mu_b = -\sum \partial u`, :math:`\partial r_b = \sum \partial g \odot (u - \mu_b)\,\gamma`).
     Autograd through the statistics ran three more (B, N, D) passes (the norm's backward)."""
 
@@ -123,12 +124,8 @@ class _SetNormMixFunction(torch.autograd.Function):
         d_weight = (dg * u * rstd).sum((0, 1))
         d_bias = dg.sum((0, 1))
         d_mean = -du.sum((1, 2), keepdim=True)  # (B, 1, 1)
-        d_var = -0.5 * rstd.pow(3) * (dg * u * weight).sum((1, 2), keepdim=True)  # (B, 1, 1)
-        c = 2.0 * d_var / count  # d var / d x = 2 (x - mean) / count on the real entries
-        e = d_mean / count if ctx.offset else d_mean / count - mean * c
-        if mask is not None:
-            m = mask.unsqueeze(-1).to(c.dtype)  # (B, N, 1)
-            c, e = c * m, e * m
+        d_rstd = (dg * u * weight).sum((1, 2), keepdim=True)  # (B, 1, 1)
+        c, e = stats_backward(d_mean, d_rstd, torch.zeros_like(mean) if ctx.offset else mean, rstd, count, mask)
         d_p = torch.matmul(x.to(cdt), du.to(cdt).transpose(1, 2)).to(p.dtype)  # (B, N, M)
         dx = torch.matmul(p.to(cdt), du.to(cdt)).to(dt)  # (B, N, D)
         if ctx.offset:  # centre first: x C - mean C would cancel badly

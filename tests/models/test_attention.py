@@ -112,6 +112,7 @@ def test_an_isab_block_keeps_less_for_backward_through_the_few_side(monkeypatch)
     besides its input: through the few side only the two softmax weights and the rFF's two
     tensors; the projected path also keeps keys|values, projected queries and the heads' output."""
     from flowrbc.models.set_transformer import ISAB, MAB
+    from tests.saved_tensors import held_for_backward
 
     def held(few: bool) -> list[tuple[int, ...]]:
         monkeypatch.setattr(MAB, "_few", lambda self, n, dim: few)
@@ -120,18 +121,10 @@ def test_an_isab_block_keeps_less_for_backward_through_the_few_side(monkeypatch)
         for mab in (block.mab_in, block.mab_out):
             mab.lean = True
         x = torch.randn(2, 40, 16, requires_grad=True)
-        storages = {}
-
-        def pack(t):
-            if t.numel() >= x.numel():
-                storages[t.untyped_storage().data_ptr()] = t
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = block(x, None)
+        y, big = held_for_backward(lambda t: block(t, None), x)
         y.sum().backward()
         assert torch.isfinite(x.grad).all()
-        return [tuple(t.shape) for p, t in storages.items() if p != x.untyped_storage().data_ptr()]
+        return [tuple(t.shape) for t in big]
 
     through, projected = held(True), held(False)
     assert len(through) == 4, through

@@ -191,20 +191,12 @@ def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     """Input-sized tensors autograd holds for one Deep Sets++ block, besides the input: with
     ``lean`` only the hidden tensor between its two linear layers; without, three."""
     from flowrbc.models.blocks import ElementBlock
+    from tests.saved_tensors import held_for_backward
 
     torch.manual_seed(0)
     block = ElementBlock(16, "set", "clean", lean=lean)
     x = torch.randn(4, 50, 16, requires_grad=True)
-    storages = {}
-
-    def pack(t):
-        if t.numel() >= x.numel():
-            storages[t.untyped_storage().data_ptr()] = t
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = block(x)
-    big = [t for t in storages.values() if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
+    y, big = held_for_backward(block, x)
     assert len(big) == (1 if lean else 3), [tuple(t.shape) for t in big]
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
