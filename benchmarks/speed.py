@@ -396,7 +396,8 @@ def grid(args) -> list[dict]:
                 for phase in ("train", "infer"):
                     spec = dict(impl=impl, model=name, n=n, phase=phase, batch=args.batch, width=args.width,
                                 steps=args.steps, threads=args.threads, device=args.device,
-                                checkpoint=args.checkpoint, lean=args.lean, precision=args.precision)
+                                checkpoint=args.checkpoint, lean=args.lean, precision=args.precision,
+                                heap=args.heap)
                     row[impl, phase] = r = run_child(spec, args)
                     records.append(r)
                 tr, inf = row[impl, "train"], row[impl, "infer"]
@@ -454,6 +455,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="store_true", help="flowrbc: recompute blocks in backward")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                     help="flowrbc's precision (flowrbc.precision); auto: as `flowrbc train` decides")
+    ap.add_argument("--heap", default="flowrbc", choices=["flowrbc", "both", "none"],
+                    help="whose children keep freed memory on the heap (flowrbc.heap): flowrbc's, as "
+                         "`flowrbc train` does (default), both, or none (glibc's defaults)")
     ap.add_argument("--scaling", action="store_true", help="inference vs set size instead of the grid")
     ap.add_argument("--scaling-models", nargs="+", default=list(SCALING_MODELS),
                     choices=list(SCALING_MODELS) + [m for m in MODELS if m not in SCALING_MODELS])
@@ -468,7 +472,11 @@ def main() -> None:
     if args.child:
         spec = json.loads(args.child)
         run = run_scaling_child if "chunk" in spec else run_grid_child
-        print(json.dumps(run(spec)))
+        from flowrbc.heap import keep_heap
+
+        heap = spec.get("heap", "none")  # the scaling children measure single sets: glibc's defaults
+        with keep_heap(heap == "both" or heap == spec.get("impl") == "flowrbc") as kept:
+            print(json.dumps(dict(run(spec), heap_kept=kept)))
         return
     if args.device == "auto":
         import torch

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from flowrbc.models.config import ModelConfig
-from flowrbc.models.norms import SetNorm, make_norm, norm_act, norm_linear
+from flowrbc.models.norms import SetNorm, add_residual, make_norm, norm_act, norm_linear
 from flowrbc.models.pooling import pool
 
 
@@ -54,7 +54,7 @@ class ElementBlock(nn.Module):
                 h = norm_linear(self.norm1, self.fc1, x, mask, True, self.lean)  # (B, N, D)
             else:
                 h = self.fc1(self._centre(norm_act(self.norm1, x, mask), mask))
-            return x + norm_linear(self.norm2, self.fc2, h, mask, True, self.lean)
+            return add_residual(x, norm_linear(self.norm2, self.fc2, h, mask, True, self.lean))
         if self.residual == "nonclean":
             h = norm_act(self.norm1, self.fc1(self._centre(x, mask)), mask)
             return F.relu(x + self.norm2(self.fc2(h), mask))

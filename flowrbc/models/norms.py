@@ -219,8 +219,8 @@ class _SetNormLinearFunction(torch.autograd.Function):
             d_lin_w = (dy2.t() @ h.reshape(-1, h.shape[-1]).to(cdt)).to(lin_weight.dtype)  # (D_out, D)
             d_lin_b = dy2.sum(0).to(lin_weight.dtype) if ctx.needs_input_grad[4] else None
         dz = torch.matmul(dy.to(cdt), lin_weight.to(cdt)).to(x.dtype)  # (B, N, D)
-        if ctx.act:
-            dz.masked_fill_(h <= 0, 0.0)
+        if ctx.act:  # relu's backward, in place: one pass (a mask tensor and masked_fill_ took ~4x longer)
+            torch.ops.aten.threshold_backward.grad_input(dz, h, 0.0, grad_input=dz)
         rstd = torch.rsqrt(var + ctx.eps)
         dx, dw, db = _set_norm_backward(dz, x, weight, mean, rstd, count, mask, ctx.offset, buf=h)
         return dx, dw, db, d_lin_w, d_lin_b, None, None, None
@@ -348,6 +348,23 @@ def norm_linear(norm: nn.Module, linear: nn.Linear, x: Tensor, mask: Tensor | No
     return norm_matmul(norm, x, mask, linear.weight, linear.bias, act, lean)
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)``, (B, N, D) -> (B, N, D_out), as a tensor of its own: ``F.linear``
+    returns a view of its (B*N, D_out) product, and an in-place op on that view (a residual sum
+    or a ReLU written into it) makes autograd clone the whole gradient in backward
+    (``CopySlices``). Set Transformer++ 8, B 64, N 1,000: eight such clones per step."""
+    out = torch.matmul(x, weight.t())  # (B, N, D_out), not a view
+    return out if bias is None else out.add_(bias)
+
+
+def add_residual(x: Tensor, fx: Tensor) -> Tensor:
+    """``x + fx``, written into ``fx`` where it is a fresh tensor of x's dtype that backward does not
+    need (the output of ``linear``, ``norm_linear`` or a batched product, not a view): one (B, N, D)
+    allocation fewer. Under autocast fx is bf16 and the sum a new float32 tensor, as the residual
+    path stays in float32."""
+    return fx.add_(x) if fx.dtype == x.dtype else x + fx
+
+
 def norm_matmul(norm: nn.Module, x: Tensor, mask: Tensor | None, weight: Tensor, bias: Tensor | None,
                 act: bool = False, lean: bool = False) -> Tensor:
     """``norm_linear`` with the weights given: ``weight`` (D_out, D) and ``bias`` (D_out,), or one
@@ -356,6 +373,6 @@ def norm_matmul(norm: nn.Module, x: Tensor, mask: Tensor | None, weight: Tensor,
         return _SetNormLinearFunction.apply(x, norm.weight, norm.bias, weight, bias, mask, norm.eps, act)
     z = norm_act(norm, x, mask) if act else norm(x, mask)  # (B, N, D)
     if weight.dim() == 2:
-        return F.linear(z, weight, bias)
+        return linear(z, weight, bias)
     out = torch.matmul(z, weight.transpose(1, 2))  # (B, N, D_out)
     return out if bias is None else out + bias

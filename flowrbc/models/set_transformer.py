@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from flowrbc.models.blocks import run_blocks
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import (SetNorm, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats,
+from flowrbc.models.norms import (SetNorm, add_residual, linear, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats,
                                   stats_backward)
 from flowrbc.models.pooling import pool
 
@@ -190,7 +190,7 @@ class MAB(nn.Module):
             if self.query == "learned" and self._few(q.shape[1], q.shape[2]):
                 h = q + self._learned_queries(q, k, k_mask)  # (B, M, D)
             elif self.query == "data" and self._few(k.shape[1], q.shape[2]):
-                h = _residual(q, self._few_keys(q, k, q_mask, k_mask))  # (B, N, D)
+                h = add_residual(q, self._few_keys(q, k, q_mask, k_mask))  # (B, N, D)
             else:
                 if self.query == "learned":
                     qp = self.attn.q(q)  # (B, M, D)
@@ -199,8 +199,8 @@ class MAB(nn.Module):
                     qp = norm_linear(norm, self.attn.q, q, q_mask, False, self.lean)
                 kv = norm_linear(self.norm_k, self.attn.kv, k, k_mask, False, self.lean)  # (B, N, 2D)
                 h = q + self.attn.attend(qp, kv, k_mask)  # (B, M, D)
-            return _residual(h, self.fc2(F.relu(norm_linear(self.norm_h, self.fc1, h, q_mask, False, self.lean),
-                                                inplace=True)))
+            r = F.relu(norm_linear(self.norm_h, self.fc1, h, q_mask, False, self.lean), inplace=True)  # (B, M, D)
+            return add_residual(h, linear(r, self.fc2.weight, self.fc2.bias))
         if self.residual == "nonclean":
             h = self.norm_q(q + self.attn(q, k, k_mask), q_mask)
             return self.norm_h(h + F.relu(self.fc1(h)), q_mask)
@@ -256,13 +256,6 @@ class MAB(nn.Module):
         w_o = self.attn.out.weight.view(dim, h, d)  # (D, h, d/h)
         c_out = torch.einsum("bmhe,Dhe->bhmD", values, w_o).reshape(b, h * m, dim)  # (B, hM, D)
         return torch.baddbmm(self.attn.out.bias, p, c_out)  # (B, N, D)
-
-
-def _residual(x: Tensor, fx: Tensor) -> Tensor:
-    """``x + fx``, into ``fx`` where it is a fresh tensor of x's dtype that backward does not need
-    (a linear layer's output): one (B, N, D) allocation fewer. Under autocast fx is bf16 and the
-    sum a new float32 tensor, as the residual path stays in float32."""
-    return fx.add_(x) if fx.dtype == x.dtype else x + fx
 
 
 class SAB(nn.Module):
