@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from flowrbc.errors import FlowrbcError
+from flowrbc.heap import keep_heap
 from flowrbc.precision import resolve_precision
 
 
@@ -171,7 +172,8 @@ def fit(
     ``FitState.resume_state()`` dict: training continues from there, identically on CPU.
 
     A NaN/inf loss stops training: the last good weights are loaded back into the model and
-    ``TrainingDiverged`` (a ``FlowrbcError``) carries the result so far.
+    ``TrainingDiverged`` (a ``FlowrbcError``) carries the result so far. On a CPU, memory freed
+    during training stays in the process for the next step (``flowrbc.heap.keep_heap``).
     """
     if config.epochs < 1:
         raise FlowrbcError(f"epochs={config.epochs}: must be at least 1")
@@ -204,55 +206,56 @@ def fit(
 
     steps = config.steps_per_epoch
     width = model_width(model)
-    for epoch in range(start, config.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        batches = train_batches(epoch, generator)
-        if steps is not None:
-            batches = itertools.islice(batches, steps)
-        total, n = 0.0, 0
-        for step, batch in enumerate(batches, start=1):
-            with autocast_for(device, config.precision, width):
-                loss = loss_fn(model, batch)
-            if not _all_finite(loss):
-                base.load_state_dict(result.best_state)
-                raise TrainingDiverged(
-                    f"training stopped: loss is {loss.item()} at epoch {epoch + 1}, step {step} "
-                    f"(lower --lr or check the input scaling); "
-                    + (f"weights of epoch {result.best_epoch} kept" if result.best_epoch else "initial weights kept"),
-                    result,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            value = float(loss.detach())
-            total, n = total + value, n + 1
-            if progress is not None:
-                progress(FitProgress(epoch + 1, config.epochs, step, steps, value))
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+    with keep_heap(device.type == "cpu"):  # freed activations stay in the process for the next step
+        for epoch in range(start, config.epochs):
+            model.train()
+            t0 = time.perf_counter()
+            batches = train_batches(epoch, generator)
+            if steps is not None:
+                batches = itertools.islice(batches, steps)
+            total, n = 0.0, 0
+            for step, batch in enumerate(batches, start=1):
+                with autocast_for(device, config.precision, width):
+                    loss = loss_fn(model, batch)
+                if not _all_finite(loss):
+                    base.load_state_dict(result.best_state)
+                    raise TrainingDiverged(
+                        f"training stopped: loss is {loss.item()} at epoch {epoch + 1}, step {step} "
+                        f"(lower --lr or check the input scaling); "
+                        + (f"weights of epoch {result.best_epoch} kept" if result.best_epoch else "initial weights kept"),
+                        result,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                value = float(loss.detach())
+                total, n = total + value, n + 1
+                if progress is not None:
+                    progress(FitProgress(epoch + 1, config.epochs, step, steps, value))
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
 
-        metrics: dict[str, float] = {}
-        if evaluate is not None:
-            model.eval()
-            with torch.no_grad(), autocast_for(device, config.precision, width, train=False):
-                metrics = {k: float(v) for k, v in evaluate(base).items()}
-            score = _score(metrics)
-        else:
-            score = -float(epoch)  # no validation: the latest weights are the best
-        improved = score < result.best_score or result.best_epoch == 0
-        if improved:
-            result.best_state = cpu_state(base)
-            result.best_epoch, result.best_score = epoch + 1, score
-        entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": lr, **metrics}
-        entry["time_s"] = time.perf_counter() - t0
-        result.history.append(entry)
-        if progress is not None:
-            progress(FitProgress(epoch + 1, config.epochs, n, steps, entry["loss"], metrics, True))
-        if on_epoch_end is not None:
-            on_epoch_end(FitState(epoch + 1, model, optimizer, scheduler, generator, result, improved))
+            metrics: dict[str, float] = {}
+            if evaluate is not None:
+                model.eval()
+                with torch.no_grad(), autocast_for(device, config.precision, width, train=False):
+                    metrics = {k: float(v) for k, v in evaluate(base).items()}
+                score = _score(metrics)
+            else:
+                score = -float(epoch)  # no validation: the latest weights are the best
+            improved = score < result.best_score or result.best_epoch == 0
+            if improved:
+                result.best_state = cpu_state(base)
+                result.best_epoch, result.best_score = epoch + 1, score
+            entry = {"epoch": epoch + 1, "loss": total / max(n, 1), "lr": lr, **metrics}
+            entry["time_s"] = time.perf_counter() - t0
+            result.history.append(entry)
+            if progress is not None:
+                progress(FitProgress(epoch + 1, config.epochs, n, steps, entry["loss"], metrics, True))
+            if on_epoch_end is not None:
+                on_epoch_end(FitState(epoch + 1, model, optimizer, scheduler, generator, result, improved))
     return result
 
 

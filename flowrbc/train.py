@@ -27,7 +27,6 @@ import torch
 
 from flowrbc.errors import FlowrbcError
 from flowrbc.fit import FitConfig, FitProgress, FitState, cpu_state, fit, resolve_device
-from flowrbc.heap import keep_heap
 from flowrbc.precision import PRECISIONS, describe_precision, resolve_precision
 
 
@@ -150,13 +149,11 @@ def train_cohort(cohort, config: TrainConfig, out_dir=None, *, resume: bool = Fa
     ``runs/latest`` points at it. Under torchrun each rank trains on its shard of every epoch
     (``epoch_shard``) and only rank 0 writes."""
     threads = torch.get_num_threads()
-    cpu = resolve_device(config.device).type == "cpu"
     try:
-        if config.threads and cpu:
+        if config.threads and resolve_device(config.device).type == "cpu":
             torch.set_num_threads(config.threads)
-        with keep_heap(cpu):  # freed activations stay in the process for the next step (flowrbc.heap)
-            return _train(cohort, config, out_dir, resume, progress, on_epoch_end, log or (lambda msg: None),
-                          plots, fresh, reference)
+        return _train(cohort, config, out_dir, resume, progress, on_epoch_end, log or (lambda msg: None),
+                      plots, fresh, reference)
     finally:
         torch.set_num_threads(threads)
 
