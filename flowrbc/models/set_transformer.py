@@ -31,8 +31,8 @@ from torch.autograd.function import once_differentiable
 from flowrbc.models.blocks import run_blocks
 from flowrbc.models.config import ModelConfig
 from flowrbc.models.heads import SetModel
-from flowrbc.models.norms import (SetNorm, add_residual, linear, make_norm, matmul_dtype, norm_linear, norm_matmul, set_stats,
-                                  stats_backward)
+from flowrbc.models.norms import (SetNorm, add_residual, linear, make_norm, matmul_dtype, norm_linear, norm_matmul,
+                                  set_stats, stats_backward)
 from flowrbc.models.pooling import pool
 
 

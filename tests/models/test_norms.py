@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flowrbc.models.norms import FeatureNorm, LayerNorm, NoNorm, SetNorm, make_norm
 
@@ -201,3 +202,39 @@ def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
+
+
+def test_linear_is_f_linear_as_a_tensor_of_its_own():
+    from flowrbc.models.norms import linear
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 7, 5), torch.randn(4, 5), torch.randn(4)
+    for bias in (b, None):
+        y = linear(x, w, bias)
+        assert y._base is None  # F.linear's (B, N, D_out) output is a view of its (B*N, D_out) product
+        torch.testing.assert_close(y, F.linear(x, w, bias))
+
+
+def _graph_nodes(t):
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("family", ["deepsets++", "set_transformer++"])
+@pytest.mark.parametrize("lean", [False, True])
+def test_no_gradient_is_cloned_behind_an_in_place_op_on_a_view(family, lean):
+    """Residual sums and ReLUs are written into fresh outputs, never into views: autograd would
+    clone the whole gradient there in backward (``CopySlices``)."""
+    from flowrbc.models import ModelConfig, build_model
+
+    inducing = 4 if family.startswith("set_transformer") else None
+    model = build_model(ModelConfig(family=family, depth=2, width=16, lean=lean, inducing=inducing))
+    out = model(torch.randn(2, 9, 2), torch.ones(2, 9, dtype=torch.bool))["hematocrit"]
+    nodes = _graph_nodes(out.sum())
+    assert "UnsafeViewBackward0" in nodes or "_SetNormLinearFunctionBackward" in nodes  # the walk saw the blocks
+    assert "CopySlices" not in nodes and "AsStridedBackward0" not in nodes
