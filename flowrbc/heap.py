@@ -15,7 +15,9 @@ within 0.12 GB of the default's.
 memory stays there for the next step (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` -1,
 which the manual gives as "never trim"), as torch's caching allocator does on CUDA. On exit the
 defaults are put back (``M_MMAP_MAX`` 65,536, ``M_TRIM_THRESHOLD`` 128 KiB) and the heap's free
-memory is returned (``malloc_trim``). Elsewhere than glibc (macOS, musl) it changes nothing.
+memory is returned (``malloc_trim``): all of it where the heap is one contiguous region; where
+glibc had to extend it by mappings, the kept top stays with the process as free heap that later
+allocations reuse. Elsewhere than glibc (macOS, musl) it changes nothing.
 
 Standard library only.
 """
