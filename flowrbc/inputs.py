@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from flowrbc.fit import autocast_for, model_width
+from flowrbc.heap import keep_heap
 
 DRAWS = 10  # most cell subsets averaged per sample at prediction and test time (``prediction_sets``)
 PREDICT_ELEMENTS = 1 << 16  # cells per inference batch (262 sets of 250): batches of 16 sets ran
@@ -156,7 +157,8 @@ def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor
     """Each sample's sets through ``model.embed``, without gradients, in ``precision``
     (``flowrbc.fit.autocast_for``): its ``prediction_sets`` of ``cells`` cells, in batches of
     ``batch_size`` samples (None: ``PREDICT_ELEMENTS // cells``), or with ``cells`` None its
-    every cell in one set (``whole_sets``).
+    every cell in one set (``whole_sets``). On a CPU the iterator keeps freed memory in the process
+    while it runs (``flowrbc.heap``).
     -> (k (len(idx),) sets per sample, iterator of (at (L,) positions in idx, z (L, D)))."""
     model.eval()
     idx_t = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)
@@ -167,12 +169,13 @@ def embedded_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor
     batch_size = batch_size or max(1, PREDICT_ELEMENTS // cells)
 
     def sets():
-        for lo in range(0, len(idx_t), batch_size):
-            _, batch = prediction_sets(X, offsets, idx_t[lo : lo + batch_size], cells, draws, seed)
-            for live, rows in batch:
-                with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
-                    z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
-                yield lo + live, z
+        with keep_heap(X.device.type == "cpu"):
+            for lo in range(0, len(idx_t), batch_size):
+                _, batch = prediction_sets(X, offsets, idx_t[lo : lo + batch_size], cells, draws, seed)
+                for live, rows in batch:
+                    with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
+                        z = model.embed(X[rows])  # X[rows]: (L, cells, C) -> (L, D)
+                    yield lo + live, z
 
     return sets_per_sample(n, cells, draws), sets()
 
@@ -185,37 +188,40 @@ def whole_sets(model: torch.nn.Module, X: torch.Tensor, offsets: torch.Tensor, i
     streaming (mini-batch-consistent) model folds it in chunks of ``elements`` cells (memory
     flat in its size); Deep Sets runs it block by block in chunks, each set norm with the whole
     set's statistics (one (N, D) tensor in memory); other families take it in one pass. ``elements`` None: ``PREDICT_ELEMENTS``.
-    ``precision``: as ``flowrbc.fit.autocast_for``.
+    ``precision``: as ``flowrbc.fit.autocast_for``. On a CPU, memory freed between batches stays in
+    the process while the iterator runs (``flowrbc.heap``; a cohort's prediction measured 1.3-1.7x
+    faster).
     -> iterator of (at (L,), z (L, D))."""
     elements = elements or PREDICT_ELEMENTS
     width = model_width(model)
     start = offsets[idx]  # (S,)
     n = (offsets[idx + 1] - start).cpu().numpy()
     order = np.argsort(n, kind="stable")
-    lo = 0
-    while lo < len(order):
-        hi = lo + 1
-        while hi < len(order) and (hi + 1 - lo) * n[order[hi]] <= elements:
-            hi += 1
-        at = torch.as_tensor(order[lo:hi], device=X.device)  # (L,) sizes ascending: the last is the largest
-        nb = n[order[lo:hi]]
-        with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
-            if nb[-1] > elements and hasattr(model, "init_state"):
-                state = model.init_state(1)
-                for a in range(0, int(nb[-1]), elements):
-                    rows = start[at[0]] + torch.arange(a, min(a + elements, int(nb[-1])), device=X.device)
-                    state = model.update(state, X[rows][None])  # (1, chunk, C)
-                z = model.finalize_embed(state)
-            elif nb[-1] > elements and hasattr(model, "embed_whole"):
-                z = model.embed_whole(X[start[at[0]] : start[at[0]] + int(nb[-1])], elements)  # (1, D)
-            else:
-                pos = torch.arange(int(nb[-1]), device=X.device)  # (N,)
-                n_t = torch.as_tensor(nb, device=X.device)
-                rows = start[at][:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)  # (L, N)
-                mask = pos[None, :] < n_t[:, None] if nb[0] < nb[-1] else None  # (L, N)
-                z = model.embed(X[rows], mask)  # X[rows]: (L, N, C) -> (L, D)
-        yield at, z
-        lo = hi
+    with keep_heap(X.device.type == "cpu"):
+        lo = 0
+        while lo < len(order):
+            hi = lo + 1
+            while hi < len(order) and (hi + 1 - lo) * n[order[hi]] <= elements:
+                hi += 1
+            at = torch.as_tensor(order[lo:hi], device=X.device)  # (L,) sizes ascending: the last is the largest
+            nb = n[order[lo:hi]]
+            with torch.no_grad(), autocast_for(X.device, precision, width, train=False):
+                if nb[-1] > elements and hasattr(model, "init_state"):
+                    state = model.init_state(1)
+                    for a in range(0, int(nb[-1]), elements):
+                        rows = start[at[0]] + torch.arange(a, min(a + elements, int(nb[-1])), device=X.device)
+                        state = model.update(state, X[rows][None])  # (1, chunk, C)
+                    z = model.finalize_embed(state)
+                elif nb[-1] > elements and hasattr(model, "embed_whole"):
+                    z = model.embed_whole(X[start[at[0]] : start[at[0]] + int(nb[-1])], elements)  # (1, D)
+                else:
+                    pos = torch.arange(int(nb[-1]), device=X.device)  # (N,)
+                    n_t = torch.as_tensor(nb, device=X.device)
+                    rows = start[at][:, None] + torch.minimum(pos[None, :], n_t[:, None] - 1)  # (L, N)
+                    mask = pos[None, :] < n_t[:, None] if nb[0] < nb[-1] else None  # (L, N)
+                    z = model.embed(X[rows], mask)  # X[rows]: (L, N, C) -> (L, D)
+            yield at, z
+            lo = hi
 
 
 @torch.no_grad()

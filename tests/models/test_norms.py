@@ -213,6 +213,14 @@ def test_linear_is_f_linear_as_a_tensor_of_its_own():
         y = linear(x, w, bias)
         assert y._base is None  # F.linear's (B, N, D_out) output is a view of its (B*N, D_out) product
         torch.testing.assert_close(y, F.linear(x, w, bias))
+    w, b = w.requires_grad_(), b.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the float32 bias is cast to the product's dtype
+        y, ref = linear(x, w, b), F.linear(x, w, b)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref)
+    (db,) = torch.autograd.grad(y.float().sum(), b)
+    assert db.dtype == torch.float32
+    torch.testing.assert_close(db, torch.full_like(b, 21.0))  # each bias entry adds to B*N = 21 outputs
 
 
 def _graph_nodes(t):
