@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65_536  # glibc's defaults
-_open = 0  # keep_heap blocks open now
+_open, _kept = 0, False  # keep_heap blocks open now; whether glibc took the outermost one's settings
 
 
 @functools.cache
@@ -52,17 +52,16 @@ def _glibc() -> ctypes.CDLL | None:
 def keep_heap(enabled: bool = True) -> Iterator[bool]:
     """Keep freed memory on the heap inside the block (see the module docstring); yields whether
     it does (False: not asked, or not glibc). Nested blocks keep it until the outermost ends."""
-    global _open
+    global _open, _kept
     libc = _glibc() if enabled else None
     if libc is None:
         yield False
         return
-    kept = True
     if _open == 0:
-        kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
+        _kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
     _open += 1
     try:
-        yield kept
+        yield _kept
     finally:
         _open -= 1
         if _open == 0:

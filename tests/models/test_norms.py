@@ -203,7 +203,6 @@ def test_a_lean_clean_deep_sets_block_saves_one_tensor_beside_its_input(lean):
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-
 def test_linear_is_f_linear_as_a_tensor_of_its_own():
     from flowrbc.models.norms import linear
 
